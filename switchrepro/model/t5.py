@@ -1,0 +1,281 @@
+"""A T5.1.1-style encoder-decoder in Flax, with Switch/MoE feed-forward layers.
+
+Read top to bottom: initialisers, RMSNorm, relative position bias, attention,
+the dense FFN, one encoder layer, one decoder layer, the two stacks, the model.
+
+T5.1.1 conventions: pre-norm RMSNorm, no biases anywhere, relative position
+bias (shared by all layers of a stack), ReLU or GEGLU FFN, untied logits by
+default. Every parameter carries logical axis names (for sharding later).
+
+Batches follow seqio's EncDecFeatureConverter (packed): `encoder_input_tokens`,
+`encoder_segment_ids`, `decoder_input_tokens`, `decoder_target_tokens`,
+`decoder_segment_ids`, `decoder_loss_weights`. Segment id 0 is padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from switchrepro.config import ModelConfig
+from switchrepro.moe.layer import MoeFeedForward
+
+Array = jax.Array
+
+
+def kernel_init(scale: float):
+    """Paper section 2.4: truncated normal, std sqrt(scale / fan_in) (JAX rescales for truncation)."""
+    return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+def dense(features: int, names: Tuple[str, str], scale: float, dtype, name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    kernel_init=nn.with_logical_partitioning(kernel_init(scale), names))
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: rescale only, no mean subtraction and no bias."""
+
+    dtype: Any = jnp.float32
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+    """T5's bucketing of `memory_position - query_position`: exact for small distances, log-spaced beyond."""
+    ret = np.zeros_like(relative_position)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0).astype(np.int32) * num_buckets
+        n = np.abs(n)
+    else:
+        n = np.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+                         / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+    large = np.minimum(large, num_buckets - 1)
+    return ret + np.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Returns `<float>[1, heads, q_len, k_len]` learned biases added to attention logits."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int) -> Array:
+        rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+        buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        table = self.param("rel_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(0.1), ("heads", "relpos_buckets")), (self.num_heads, self.num_buckets))
+        bias = jnp.take(table, jnp.asarray(buckets), axis=1)  # [heads, q, k]
+        return bias[None].astype(self.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head dot-product attention without biases; mask is `<bool>[batch, 1|heads, q, k]`."""
+
+    cfg: ModelConfig
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, kv: Array, mask: Array, bias: Optional[Array], deterministic: bool) -> Array:
+        c = self.cfg
+        inner = c.num_heads * c.d_kv
+        split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
+        q = split(dense(inner, ("embed", "joined_kv"), c.init_scale, self.dtype, "query")(x))
+        k = split(dense(inner, ("embed", "joined_kv"), c.init_scale, self.dtype, "key")(kv))
+        v = split(dense(inner, ("embed", "joined_kv"), c.init_scale, self.dtype, "value")(kv))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(c.d_kv)
+        if bias is not None:
+            logits = logits + bias.astype(jnp.float32)
+        logits = jnp.where(mask, logits, -1e9)  # softmax in float32 for stability
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(c.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (inner,))
+        return dense(c.d_model, ("joined_kv", "embed"), c.init_scale, self.dtype, "out")(out)
+
+
+class DenseFeedForward(nn.Module):
+    """The dense FFN: relu(x wi) wo, or GEGLU gelu(x wi_0) * (x wi_1) wo."""
+
+    cfg: ModelConfig
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        c = self.cfg
+        if c.activation == "geglu":
+            h = nn.gelu(dense(c.d_ff, ("embed", "mlp"), c.init_scale, self.dtype, "wi_0")(x), approximate=True)
+            h = h * dense(c.d_ff, ("embed", "mlp"), c.init_scale, self.dtype, "wi_1")(x)
+        else:
+            h = nn.relu(dense(c.d_ff, ("embed", "mlp"), c.init_scale, self.dtype, "wi")(x))
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        return dense(c.d_model, ("mlp", "embed"), c.init_scale, self.dtype, "wo")(h)
+
+
+class FeedForward(nn.Module):
+    """Dense or sparse FFN behind one call; returns (y, MoeMetrics or None)."""
+
+    cfg: ModelConfig
+    sparse: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, token_mask: Array, deterministic: bool):
+        c = self.cfg
+        if not self.sparse:
+            return DenseFeedForward(c, self.dtype, name="mlp")(x, deterministic), None
+        moe = MoeFeedForward(cfg=c.moe, d_model=c.d_model, d_ff=c.d_ff, activation=c.activation,
+                             init_scale=c.init_scale, dtype=self.dtype, name="moe")
+        return moe(x, token_mask, deterministic=deterministic)
+
+
+class EncoderLayer(nn.Module):
+    cfg: ModelConfig
+    sparse: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, mask, bias, token_mask, deterministic):
+        drop = nn.Dropout(self.cfg.dropout_rate)
+        h = RMSNorm(self.dtype, name="pre_attention_norm")(x)
+        x = x + drop(Attention(self.cfg, self.dtype, name="attention")(h, h, mask, bias, deterministic),
+                     deterministic=deterministic)
+        h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
+        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, name="ffn")(h, token_mask, deterministic)
+        return x + drop(y, deterministic=deterministic), metrics
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+    sparse: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, encoded, self_mask, cross_mask, bias, token_mask, deterministic):
+        drop = nn.Dropout(self.cfg.dropout_rate)
+        h = RMSNorm(self.dtype, name="pre_self_attention_norm")(x)
+        x = x + drop(Attention(self.cfg, self.dtype, name="self_attention")(h, h, self_mask, bias, deterministic),
+                     deterministic=deterministic)
+        h = RMSNorm(self.dtype, name="pre_cross_attention_norm")(x)
+        x = x + drop(Attention(self.cfg, self.dtype, name="encoder_decoder_attention")(
+            h, encoded, cross_mask, None, deterministic), deterministic=deterministic)
+        h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
+        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, name="ffn")(h, token_mask, deterministic)
+        return x + drop(y, deterministic=deterministic), metrics
+
+
+def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
+    """`<bool>[batch, 1, q, k]`: attend only within the same packed segment, never to padding."""
+    return ((q_seg[:, :, None] == k_seg[:, None, :]) & (q_seg[:, :, None] > 0) & (k_seg[:, None, :] > 0))[:, None]
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder. `__call__(batch, deterministic)` -> (logits `<float32>[b, t, vocab]`, moe metrics)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        c = self.cfg
+        self.dtype = jnp.bfloat16 if c.dtype == "bfloat16" else jnp.float32
+        self.embed = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+                              embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                          ("vocab", "embed")), name="token_embedder")
+        enc_sparse, dec_sparse = set(c.sparse_layers("encoder")), set(c.sparse_layers("decoder"))
+        self.encoder_layers = [EncoderLayer(c, i in enc_sparse, self.dtype, name=f"encoder_layer_{i}")
+                               for i in range(c.num_encoder_layers)]
+        self.decoder_layers = [DecoderLayer(c, i in dec_sparse, self.dtype, name=f"decoder_layer_{i}")
+                               for i in range(c.num_decoder_layers)]
+        rel = dict(num_buckets=c.relative_attention_num_buckets, max_distance=c.relative_attention_max_distance,
+                   num_heads=c.num_heads, dtype=self.dtype)
+        self.encoder_bias = RelativePositionBias(bidirectional=True, name="encoder_relpos", **rel)
+        self.decoder_bias = RelativePositionBias(bidirectional=False, name="decoder_relpos", **rel)
+        self.encoder_norm = RMSNorm(self.dtype, name="encoder_norm")
+        self.decoder_norm = RMSNorm(self.dtype, name="decoder_norm")
+        self.dropout = nn.Dropout(c.dropout_rate)
+        if not c.tie_embeddings:
+            self.logits_dense = dense(c.vocab_size, ("embed", "vocab"), c.init_scale, jnp.float32, "logits_dense")
+
+    def encode(self, tokens: Array, segments: Array, deterministic: bool):
+        metrics = {}
+        x = self.dropout(self.embed(tokens), deterministic=deterministic)
+        mask = _segment_mask(segments, segments)
+        bias = self.encoder_bias(tokens.shape[1], tokens.shape[1])
+        for layer in self.encoder_layers:
+            x, m = layer(x, mask, bias, segments > 0, deterministic)
+            if m is not None:
+                metrics[layer.name] = m
+        return self.dropout(self.encoder_norm(x), deterministic=deterministic), metrics
+
+    def decode(self, encoded, enc_segments, dec_inputs, dec_segments, deterministic: bool):
+        metrics = {}
+        length = dec_inputs.shape[1]
+        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        self_mask = _segment_mask(dec_segments, dec_segments) & causal
+        cross_mask = _segment_mask(dec_segments, enc_segments)
+        bias = self.decoder_bias(length, length)
+        x = self.dropout(self.embed(dec_inputs), deterministic=deterministic)
+        for layer in self.decoder_layers:
+            x, m = layer(x, encoded, self_mask, cross_mask, bias, dec_segments > 0, deterministic)
+            if m is not None:
+                metrics[layer.name] = m
+        x = self.dropout(self.decoder_norm(x), deterministic=deterministic).astype(jnp.float32)
+        if self.cfg.tie_embeddings:
+            logits = self.embed.attend(x) / np.sqrt(self.cfg.d_model)
+        else:
+            logits = self.logits_dense(x)
+        return logits.astype(jnp.float32), metrics
+
+    def __call__(self, batch: Dict[str, Array], deterministic: bool = True):
+        enc_seg = batch.get("encoder_segment_ids", (batch["encoder_input_tokens"] > 0).astype(jnp.int32))
+        dec_seg = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(jnp.int32))
+        encoded, enc_metrics = self.encode(batch["encoder_input_tokens"], enc_seg, deterministic)
+        logits, dec_metrics = self.decode(encoded, enc_seg, batch["decoder_input_tokens"], dec_seg, deterministic)
+        return logits, {**enc_metrics, **dec_metrics}
+
+
+def init_params(cfg: ModelConfig, rng: Array, batch_size: int = 2, inputs_length: int = 16,
+                targets_length: int = 8):
+    """Initialise parameters (boxed with logical axis names stripped) for `cfg`."""
+    model = Transformer(cfg)
+    dummy = dummy_batch(batch_size, inputs_length, targets_length)
+    variables = model.init({"params": rng}, dummy, deterministic=True)
+    return model, nn.meta.unbox(variables["params"])
+
+
+def logical_axes(cfg: ModelConfig, inputs_length: int = 16, targets_length: int = 8):
+    """Pytree of logical axis-name tuples, matching `init_params`' params."""
+    model = Transformer(cfg)
+    abstract = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                                 dummy_batch(2, inputs_length, targets_length), deterministic=True))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+def dummy_batch(batch_size: int, inputs_length: int, targets_length: int) -> Dict[str, Array]:
+    ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
+    return {"encoder_input_tokens": ones(inputs_length), "encoder_segment_ids": ones(inputs_length),
+            "decoder_input_tokens": ones(targets_length), "decoder_target_tokens": ones(targets_length),
+            "decoder_segment_ids": ones(targets_length), "decoder_loss_weights": ones(targets_length)}
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

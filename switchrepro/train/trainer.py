@@ -1,0 +1,347 @@
+"""Training and evaluation: optax Adafactor, jitted steps, JSONL metrics, orbax checkpoints.
+
+Determinism: the batch at step s is a pure function of (seed, s) (see
+`switchrepro.data.cache.train_batch`) and so is the step's PRNG key
+(`fold_in(seed_key, s)`), so a run resumed from a checkpoint replays exactly the
+steps an uninterrupted run would have taken.
+
+This module never imports TensorFlow: it reads the numpy cache that
+`switchrepro.data.cache.ensure_cache` materialised in a separate process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from switchrepro.config import ExperimentConfig, ModelConfig, TrainConfig
+from switchrepro.model.t5 import Transformer, count_params, init_params
+
+# --------------------------------------------------------------------------------------------- optimiser
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], Any]:
+    """T5's inverse-square-root schedule: lr / sqrt(max(step, warmup)), optionally ramped linearly."""
+
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32) + 1.0
+        lr = cfg.learning_rate / jnp.sqrt(jnp.maximum(step, cfg.warmup_steps))
+        if cfg.linear_warmup:
+            lr = lr * jnp.minimum(1.0, step / cfg.warmup_steps)
+        return lr
+
+    return schedule
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Adafactor with T5's defaults (factored second moments, decay 0.8, update clipping 1.0,
+    updates relative to parameter scale, no momentum)."""
+    return optax.adafactor(learning_rate=learning_rate_schedule(cfg), min_dim_size_to_factor=128,
+                           decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True,
+                           momentum=None, eps=1e-30)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float):
+    """Token cross-entropy in nats plus T5X's output-logit z-loss.
+
+    Args:
+      logits: <float32>[batch, length, vocab].
+      targets: <int32>[batch, length].
+      weights: <float32>[batch, length], 0 on padding.
+    Returns: (sum of weighted CE, sum of weighted z-loss, sum of weights) as float32 scalars.
+    """
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ce = log_z - target_logit
+    return jnp.sum(ce * weights), jnp.sum(z_loss * log_z**2 * weights), jnp.sum(weights)
+
+
+def moe_summary(moe_metrics: Dict[str, Any]) -> Dict[str, jax.Array]:
+    """Sums the auxiliary losses over sparse layers (mesh-tensorflow convention) and averages diagnostics."""
+    if not moe_metrics:
+        return {"aux_loss": jnp.float32(0.0)}
+    ms = list(moe_metrics.values())
+    mean = lambda f: jnp.mean(jnp.stack([f(m) for m in ms]))
+    return {
+        "aux_loss": sum(m.total_aux_loss for m in ms),
+        "load_balance_loss": mean(lambda m: m.load_balance_loss),
+        "router_z_loss": mean(lambda m: m.z_loss),
+        "fraction_dropped": mean(lambda m: m.fraction_dropped),
+        "router_entropy": mean(lambda m: m.router_entropy),
+        "router_confidence": mean(lambda m: m.router_confidence),
+    }
+
+
+def per_layer(moe_metrics: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Per-layer router metrics as plain Python data (for the JSONL log and load heatmaps)."""
+    out = {}
+    for name, m in sorted(moe_metrics.items()):
+        out[name] = {
+            "fraction_dropped": float(m.fraction_dropped),
+            "tokens_per_expert": [round(float(v), 6) for v in np.asarray(m.tokens_per_expert)],
+            "router_entropy": float(m.router_entropy),
+            "router_confidence": float(m.router_confidence),
+            "load_balance_loss": float(m.load_balance_loss),
+            "z_loss": float(m.z_loss),
+            "expert_capacity": int(m.expert_capacity),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+def make_train_step(model: Transformer, optimizer: optax.GradientTransformation, cfg: TrainConfig):
+    def loss_fn(params, batch, rng):
+        dropout_rng, jitter_rng = jax.random.split(rng)
+        logits, moe = model.apply({"params": params}, batch, deterministic=False,
+                                  rngs={"dropout": dropout_rng, "jitter": jitter_rng})
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        ce_sum, z_sum, n = cross_entropy(logits, batch["decoder_target_tokens"], weights, cfg.logits_z_loss)
+        n = jnp.maximum(n, 1.0)
+        summary = moe_summary(moe)
+        loss = (ce_sum + z_sum) / n + summary["aux_loss"]
+        return loss, {"loss": loss, "cross_entropy": ce_sum / n, **summary}
+
+    def train_step(state: TrainState, batch, base_rng):
+        rng = jax.random.fold_in(base_rng, state.step)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = learning_rate_schedule(cfg)(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model: Transformer):
+    def eval_step(params, batch):
+        logits, moe = model.apply({"params": params}, batch, deterministic=True)
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        ce_sum, _, n = cross_entropy(logits, batch["decoder_target_tokens"], weights, 0.0)
+        return ce_sum, n, moe
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, batches: Iterable[Dict[str, np.ndarray]]) -> Dict[str, Any]:
+    """Held-out negative log-perplexity (nats per target token; the paper's quality measure)."""
+    total, count, layer_rows = 0.0, 0.0, []
+    for batch in batches:
+        ce_sum, n, moe = eval_step(params, batch)
+        total += float(ce_sum)
+        count += float(n)
+        layer_rows.append(per_layer(moe))
+    out = {"eval_neg_log_perplexity": -total / max(count, 1.0), "eval_target_tokens": int(count)}
+    if layer_rows and layer_rows[0]:
+        # Average the per-layer diagnostics over eval batches.
+        merged = {}
+        for name in layer_rows[0]:
+            rows = [r[name] for r in layer_rows]
+            merged[name] = {k: (np.mean([r[k] for r in rows], axis=0).round(6).tolist()
+                                if k != "expert_capacity" else rows[0][k]) for k in rows[0]}
+        out["eval_moe_layers"] = merged
+        out["eval_fraction_dropped"] = float(np.mean([v["fraction_dropped"] for v in merged.values()]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+@dataclasses.dataclass
+class RunResult:
+    metrics_path: Path
+    final: Dict[str, Any]
+    diverged_at: Optional[int]
+
+
+class MetricsLog:
+    """Append-only JSONL, truncated to `step <= resume_step` when a run resumes (so rows are never doubled)."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, row: Dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _to_float(tree) -> Dict[str, float]:
+    return {k: float(v) for k, v in tree.items()}
+
+
+def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -> Dict[str, float]:
+    """Forward matmul FLOPs per target token (Kaplan et al. style: 2 x multiply-adds), for the
+    encoder and decoder together, counting each token's routed experts and ignoring softmax/norms."""
+    c = cfg
+    ffn_mult = 3 if c.activation == "geglu" else 2
+    inner = c.num_heads * c.d_kv
+    k = c.moe.experts_per_token if c.moe else 1
+
+    def ffn(sparse):
+        one = 2 * ffn_mult * c.d_model * c.d_ff
+        return one * k + 2 * c.d_model * c.moe.num_experts if sparse else one
+
+    enc_sparse, dec_sparse = set(c.sparse_layers("encoder")), set(c.sparse_layers("decoder"))
+    proj = 2 * c.d_model * inner  # one [d_model, heads*d_kv] projection
+    enc = sum(4 * proj + 4 * inputs_length * inner + ffn(i in enc_sparse) for i in range(c.num_encoder_layers))
+    dec = sum(4 * proj + 4 * targets_length * inner  # self-attention
+              + 2 * proj + 4 * inputs_length * inner  # cross-attention: query and output projections, scores
+              + ffn(i in dec_sparse) for i in range(c.num_decoder_layers))
+    cross_kv = c.num_decoder_layers * 2 * proj  # keys and values of every encoder token, once per decoder layer
+    logits = 2 * c.d_model * c.vocab_size
+    per_example = (enc + cross_kv) * inputs_length + (dec + logits) * targets_length
+    return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
+
+
+def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
+          stop_after: Optional[int] = None, echo: Callable[[str], None] = print) -> RunResult:
+    """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
+
+    Args:
+      train_cache, eval_cache: `switchrepro.data.cache.Cache` objects.
+      stop_after: stop (after checkpointing) once this step is reached; used to test kill-and-resume.
+    """
+    from switchrepro.data import cache as data_cache
+    from switchrepro.train import checkpoint
+
+    cfg.validate()
+    tc, dc = cfg.train, cfg.data
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_key = jax.random.PRNGKey(tc.seed)
+    init_key, step_key = jax.random.split(seed_key)
+    model, params = init_params(cfg.model, init_key, inputs_length=dc.inputs_length,
+                                targets_length=dc.targets_length)
+    optimizer = make_optimizer(tc)
+    state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
+    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
+    state = ckpt.restore_latest(state)
+    start = int(state.step)
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    n_params = count_params(params)
+    flops = flops_per_token(cfg.model, dc.inputs_length, dc.targets_length)
+    epochs = data_cache.epochs_for(tc.steps, dc.batch_size, train_cache.num_examples)
+    echo(f"params {n_params:,} | {flops['flops_per_example'] / 1e6:.1f} MFLOPs/example | "
+         f"{train_cache.num_examples:,} train examples, {tc.steps} steps x {dc.batch_size} = {epochs:.3f} epochs"
+         + (f" | resuming at step {start}" if start else ""))
+    if cfg.model.moe is not None:
+        echo("expert capacity per layer: " + capacity_summary(cfg, dc))
+    if start == 0:
+        log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
+                   "train_examples": train_cache.num_examples})
+
+    train_step = make_train_step(model, optimizer, tc)
+    eval_step = make_eval_step(model)
+    eval_batches = lambda: data_cache.eval_batches(eval_cache, dc.batch_size, dc.eval_examples)
+    last_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    show = tc.progress if progress is None else progress
+    bar = _progress(start, tc.steps, show)
+    diverged_at, final = None, {}
+    timer = _Throughput(dc.batch_size, dc.targets_length + dc.inputs_length)
+    wall0 = time.time()
+    step = start
+    for step in range(start + 1, last_step + 1):
+        batch = data_cache.train_batch(train_cache, step - 1, dc.batch_size, tc.seed)
+        state, metrics = train_step(state, batch, step_key)
+        do_log = step % tc.log_every == 0 or step == last_step
+        do_eval = step % tc.eval_every == 0 or step == tc.steps
+        if do_log or do_eval:
+            m = _to_float(jax.device_get(metrics))
+            timer.mark(step)
+            row = {"step": step, **{k: round(v, 6) for k, v in m.items()}, **timer.rates(),
+                   "wall_seconds": round(time.time() - wall0, 3), "epoch": step * dc.batch_size / train_cache.num_examples}
+            if not math.isfinite(m["loss"]):
+                diverged_at = step
+                row["diverged"] = True
+            if do_eval and diverged_at is None:
+                row.update(evaluate(eval_step, state.params, eval_batches()))
+            log.write(row)
+            final = row
+            bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{row['eval_neg_log_perplexity']:.3f}"}
+                                                        if "eval_neg_log_perplexity" in row else {}))
+            if diverged_at is not None:
+                echo(f"diverged at step {step} (loss {m['loss']})")
+                break
+        elif step == start + 1:
+            jax.block_until_ready(state.step)
+            timer.mark(step)  # the first step compiles; rates exclude it
+        if step % tc.checkpoint_every == 0 and step != last_step:
+            ckpt.save(step, state)
+        bar.update(1)
+    bar.close()
+    if diverged_at is None:
+        ckpt.save(int(state.step), state)
+    ckpt.close()
+    if diverged_at is not None:
+        log.write({"step": diverged_at, "event": "diverged"})
+    elif int(state.step) == tc.steps:
+        log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
+                                                          and k != "eval_moe_layers"}})
+    return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
+
+
+def capacity_summary(cfg: ExperimentConfig, dc) -> str:
+    from switchrepro.moe.routing import expert_capacity, num_groups
+
+    m = cfg.model.moe
+    parts = []
+    for stack, length in (("encoder", dc.inputs_length), ("decoder", dc.targets_length)):
+        tokens = dc.batch_size * length
+        g = num_groups(tokens, m.group_size)
+        s = tokens // g
+        cap = lambda cf: expert_capacity(s, m.num_experts, cf, m.min_capacity, m.capacity_rounding)
+        parts.append(f"{stack} {g} group(s) x {s} tokens -> C={cap(m.capacity_factor_train)} train, "
+                     f"{cap(m.capacity_factor_eval)} eval")
+    return "; ".join(parts)
+
+
+class _Throughput:
+    """examples/sec and tokens/sec since the first (compiling) step."""
+
+    def __init__(self, batch_size: int, tokens_per_example: int):
+        self.batch_size, self.tokens = batch_size, tokens_per_example
+        self.t0 = self.s0 = None
+        self.t1 = self.s1 = None
+
+    def mark(self, step: int) -> None:
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0, self.s0 = now, step
+        self.t1, self.s1 = now, step
+
+    def rates(self) -> Dict[str, float]:
+        if self.t0 is None or self.s1 == self.s0:
+            return {}
+        secs = self.t1 - self.t0
+        ex = (self.s1 - self.s0) * self.batch_size / secs
+        return {"examples_per_sec": round(ex, 3), "tokens_per_sec": round(ex * self.tokens, 1)}
+
+
+def _progress(start: int, total: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not show, unit="step", dynamic_ncols=True, leave=False)
