@@ -224,7 +224,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
 
     Args:
       train_cache, eval_cache: `switchrepro.data.cache.Cache` objects.
-      stop_after: stop (after checkpointing) once this step is reached; used to test kill-and-resume.
+      stop_after: stop right after this step without a final checkpoint, as if the process were killed
+        there (tests kill-and-resume; the next run resumes from the last periodic checkpoint).
     """
     from switchrepro.data import cache as data_cache
     from switchrepro.train import checkpoint
@@ -267,7 +268,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     for step in range(start + 1, last_step + 1):
         batch = data_cache.train_batch(train_cache, step - 1, dc.batch_size, tc.seed)
         state, metrics = train_step(state, batch, step_key)
-        do_log = step % tc.log_every == 0 or step == last_step
+        do_log = step % tc.log_every == 0 or step == tc.steps
         do_eval = step % tc.eval_every == 0 or step == tc.steps
         if do_log or do_eval:
             m = _to_float(jax.device_get(metrics))
@@ -289,19 +290,27 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         elif step == start + 1:
             jax.block_until_ready(state.step)
             timer.mark(step)  # the first step compiles; rates exclude it
-        if step % tc.checkpoint_every == 0 and step != last_step:
+        if step % tc.checkpoint_every == 0 and step != tc.steps:
             ckpt.save(step, state)
         bar.update(1)
     bar.close()
-    if diverged_at is None:
+    if diverged_at is None and stop_after is None and int(state.step) > start:
         ckpt.save(int(state.step), state)
     ckpt.close()
+    if start >= tc.steps:  # already complete: report the logged final evaluation
+        final = _last_eval_row(log.path)
     if diverged_at is not None:
         log.write({"step": diverged_at, "event": "diverged"})
-    elif int(state.step) == tc.steps:
+    elif int(state.step) == tc.steps and start < tc.steps:
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
                                                           and k != "eval_moe_layers"}})
     return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
+
+
+def _last_eval_row(path: Path) -> Dict[str, Any]:
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+    evals = [r for r in rows if "eval_neg_log_perplexity" in r and "event" not in r]
+    return evals[-1] if evals else {}
 
 
 def capacity_summary(cfg: ExperimentConfig, dc) -> str:

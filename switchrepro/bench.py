@@ -1,0 +1,145 @@
+"""`switchrepro bench moe`: layer and whole-model timings (ratios measured in one run).
+
+Layer table: forward+backward (grad wrt input and params) of one FFN layer on
+`tokens` tokens, for the FLOP-matched dense FFN and Switch layers with E experts
+at capacity factors 1.0 and 1.25, for both dispatch backends. Per-token FLOPs
+are the same for all rows (plus the router), so a flat row means the layer's
+cost does not grow with the number of experts.
+
+Whole-model table: training steps/sec (forward, backward and Adafactor update)
+of the tiny dense and Switch configs on synthetic batches of the real shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from switchrepro.config import ExperimentConfig, ModelConfig, MoeConfig, TrainConfig
+from switchrepro.model.t5 import DenseFeedForward, count_params, init_params
+from switchrepro.moe.layer import MoeFeedForward
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def layer_time(module, x: jax.Array, repeats: int, token_mask=None) -> float:
+    rngs = {"params": jax.random.PRNGKey(0), "jitter": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}
+    is_moe = isinstance(module, MoeFeedForward)
+    args = (x, token_mask) if is_moe else (x,)
+    params = module.init(rngs, *args, deterministic=False)["params"]
+
+    def loss(p, x):
+        out = module.apply({"params": p}, *((x, token_mask) if is_moe else (x,)), deterministic=False,
+                           rngs={"jitter": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)})
+        y = out[0] if is_moe else out
+        aux = out[1].total_aux_loss if is_moe else 0.0
+        return jnp.sum(y.astype(jnp.float32) ** 2) + aux
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return _median_time(lambda: step(params, x), repeats)
+
+
+def whole_model_rate(cfg: ModelConfig, batch_size: int, inputs_length: int, targets_length: int,
+                     steps: int) -> tuple[float, int]:
+    """Training examples/sec of `cfg` (median over `steps` timed steps after compilation)."""
+    from switchrepro.train import trainer
+
+    tc = TrainConfig(steps=steps)
+    model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=inputs_length,
+                                targets_length=targets_length)
+    opt = trainer.make_optimizer(tc)
+    state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    step_fn = trainer.make_train_step(model, opt, tc)
+    rng = np.random.default_rng(0)
+    tok = lambda n: jnp.asarray(rng.integers(3, cfg.vocab_size - 100, (batch_size, n)), jnp.int32)
+    ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
+    targets = tok(targets_length)
+    batch = {"encoder_input_tokens": tok(inputs_length), "encoder_segment_ids": ones(inputs_length),
+             "decoder_target_tokens": targets,
+             "decoder_input_tokens": jnp.pad(targets[:, :-1], ((0, 0), (1, 0))),
+             "decoder_segment_ids": ones(targets_length), "decoder_loss_weights": ones(targets_length)}
+    key = jax.random.PRNGKey(0)
+    state, m = step_fn(state, batch, key)  # compile
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, m = step_fn(state, batch, key)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    return batch_size / statistics.median(times), count_params(params)
+
+
+def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps: int = 20,
+                  tokens: int = 4096, d_model: int = 256, d_ff: int = 1024, group_size: int = 1024,
+                  echo: Callable[[str], None] = print) -> str:
+    lines: List[str] = []
+
+    def out(s: str = "") -> None:
+        lines.append(s)
+        echo(s)
+
+    out(f"## Layer forward+backward, {tokens} tokens, d_model {d_model}, d_ff {d_ff}, groups of {group_size}"
+        f" ({jax.devices()[0].platform}, {jax.device_count()} device(s), median of {repeats})")
+    out()
+    x = jax.random.normal(jax.random.PRNGKey(0), (tokens // 128, 128, d_model), jnp.float32)
+    dense_ms = 1e3 * layer_time(DenseFeedForward(ModelConfig(d_model=d_model, d_ff=d_ff), jnp.float32), x, repeats)
+    out("| layer | experts | cf | backend | ms/step | x dense |")
+    out("|---|---|---|---|---|---|")
+    out(f"| dense FFN | - | - | - | {dense_ms:.1f} | 1.00 |")
+    by_key = {}
+    for backend in ("scatter", "einsum"):
+        for cf in (1.0, 1.25):
+            for e in expert_counts:
+                moe = MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend, group_size=group_size)
+                layer = MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,
+                                       dtype=jnp.float32)
+                ms = 1e3 * layer_time(layer, x, repeats)
+                by_key[(backend, cf, e)] = ms
+                out(f"| switch | {e} | {cf} | {backend} | {ms:.1f} | {ms / dense_ms:.2f} |")
+    out()
+    goals = []
+    if 8 in expert_counts and 128 in expert_counts:
+        for backend in ("scatter", "einsum"):
+            for cf in (1.0, 1.25):
+                r = by_key[(backend, cf, 128)] / by_key[(backend, cf, 8)]
+                goals.append(f"- {backend}, cf {cf}: 128 experts / 8 experts = {r:.2f}x "
+                             f"({'meets' if r <= 1.15 else 'misses'} the <= 1.15x goal)")
+    tiny = ModelConfig()  # the tiny_dense.gin shape
+    switch = dataclasses.replace(tiny, moe=MoeConfig(num_experts=32, capacity_factor_train=1.0))
+    b, il, tl = 32, 128, 32
+    out(f"## Whole model training step, batch {b} x ({il} inputs + {tl} targets), Adafactor, median of "
+        f"{whole_model_steps} steps")
+    out()
+    out("| model | params | examples/sec | x dense |")
+    out("|---|---|---|---|")
+    dense_rate, dense_params = whole_model_rate(tiny, b, il, tl, whole_model_steps)
+    out(f"| tiny dense | {dense_params:,} | {dense_rate:.1f} | 1.00 |")
+    sw_rate, sw_params = whole_model_rate(switch, b, il, tl, whole_model_steps)
+    ratio = sw_rate / dense_rate
+    out(f"| tiny Switch, 32 experts, cf 1.0 | {sw_params:,} | {sw_rate:.1f} | {ratio:.2f} |")
+    out()
+    goals.append(f"- whole model: Switch (32 experts, cf 1.0) runs at {ratio:.2f}x the dense model's examples/sec "
+                 f"({'meets' if ratio >= 0.8 else 'misses'} the >= 0.8x goal; the paper's TPU figure was 0.625x)")
+    out("## Goals")
+    out()
+    for g in goals:
+        out(g)
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["run_moe_bench", "layer_time", "whole_model_rate", "ExperimentConfig"]

@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests run on CPU only; a small numpy cache is materialised once per session."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from switchrepro.config import DataConfig, ExperimentConfig, ModelConfig, MoeConfig, TrainConfig  # noqa: E402
+
+TINY_MODEL = ModelConfig(vocab_size=8192, d_model=64, d_ff=128, num_heads=2, d_kv=16,
+                         num_encoder_layers=2, num_decoder_layers=2)
+TINY_MOE = MoeConfig(num_experts=4, group_size=256)
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+    """A session-wide cache directory (materialisation runs once per feature-length set)."""
+    root = os.environ.get("SWITCHREPRO_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(cache_root):
+    """A config that trains in seconds: 64 input / 16 target tokens, batch 16, 2+2 layers of width 64."""
+
+    def make(moe=TINY_MOE, steps=60, **train_kw):
+        model = dataclasses.replace(TINY_MODEL, moe=moe)
+        data = DataConfig(inputs_length=64, targets_length=16, batch_size=16, eval_examples=64,
+                          cache_dir=cache_root, max_train_examples=2048)
+        train = TrainConfig(steps=steps, warmup_steps=20, learning_rate=1.0, eval_every=30,
+                            checkpoint_every=20, log_every=10, progress=False, **train_kw)
+        return ExperimentConfig(model=model, data=data, train=train)
+
+    return make

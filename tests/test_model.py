@@ -1,0 +1,159 @@
+"""The T5 encoder-decoder with dense, Switch and top-2 FFNs: shapes, gradients, masking, configs."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_MODEL
+
+from switchrepro.config import ConfigError, ModelConfig, MoeConfig
+from switchrepro.model.t5 import dummy_batch, init_params, logical_axes, relative_position_bucket
+from switchrepro.train.trainer import cross_entropy, flops_per_token
+
+ROUTERS = [None, MoeConfig(num_experts=4, router="switch"), MoeConfig(num_experts=4, router="top2"),
+           MoeConfig(num_experts=4, router="noisy_topk")]
+
+
+def _batch(b=2, il=12, tl=6, seed=0):
+    rng = np.random.default_rng(seed)
+    enc = rng.integers(3, 100, (b, il))
+    tgt = rng.integers(3, 100, (b, tl))
+    enc[:, -3:] = 0  # padding
+    tgt[:, -2:] = 0
+    dec_in = np.pad(tgt[:, :-1], ((0, 0), (1, 0)))
+    return {"encoder_input_tokens": jnp.asarray(enc), "encoder_segment_ids": jnp.asarray((enc > 0).astype(np.int32)),
+            "decoder_target_tokens": jnp.asarray(tgt), "decoder_input_tokens": jnp.asarray(dec_in),
+            "decoder_segment_ids": jnp.asarray((tgt > 0).astype(np.int32)),
+            "decoder_loss_weights": jnp.asarray((tgt > 0).astype(np.float32))}
+
+
+@pytest.mark.parametrize("moe", ROUTERS, ids=["dense", "switch", "top2", "noisy_topk"])
+def test_forward_backward(moe):
+    cfg = dataclasses.replace(TINY_MODEL, vocab_size=128, moe=moe)
+    model, params = init_params(cfg, jax.random.PRNGKey(0))
+    batch = _batch()
+
+    def loss(p):
+        logits, metrics = model.apply({"params": p}, batch, deterministic=False,
+                                      rngs={"dropout": jax.random.PRNGKey(1), "jitter": jax.random.PRNGKey(2)})
+        ce, _, n = cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], 0.0)
+        return ce / n + sum(m.total_aux_loss for m in metrics.values()), (logits, metrics)
+
+    (value, (logits, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    assert logits.shape == (2, 6, 128) and logits.dtype == jnp.float32
+    assert np.isfinite(float(value))
+    # Sparse layers are exactly the configured ones (default: layer 1 of each stack).
+    assert sorted(metrics) == ([] if moe is None else ["decoder_layer_1", "encoder_layer_1"])
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    # Every parameter gets a gradient signal (routers included: the gate carries it).
+    assert all(float(jnp.abs(g).sum()) > 0 for g in leaves)
+
+
+def test_padding_does_not_change_real_outputs():
+    """Appending padding to a batch leaves the logits of real positions unchanged (masks are right)."""
+    cfg = dataclasses.replace(TINY_MODEL, vocab_size=128, moe=MoeConfig(num_experts=4, capacity_factor_eval=4.0))
+    model, params = init_params(cfg, jax.random.PRNGKey(0))
+    short = _batch(il=9, tl=4)
+    long = {k: jnp.pad(v, ((0, 0), (0, 3 if k.startswith("encoder") else 2))) for k, v in short.items()}
+    a, _ = model.apply({"params": params}, short, deterministic=True)
+    b, _ = model.apply({"params": params}, long, deterministic=True)
+    real = np.asarray(short["decoder_segment_ids"]) > 0  # padding queries attend to nothing: undefined
+    np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[:, :4][real], atol=1e-5)
+
+
+def test_packed_segments_do_not_attend_to_each_other():
+    """Two examples packed in one row give the same logits as each alone (dense model)."""
+    cfg = dataclasses.replace(TINY_MODEL, vocab_size=64)
+    model, params = init_params(cfg, jax.random.PRNGKey(0))
+    e1, e2, t1, t2 = [5, 6, 7], [8, 9, 10, 11], [12, 13], [14, 15, 16]
+    packed = {"encoder_input_tokens": jnp.array([e1 + e2]), "encoder_segment_ids": jnp.array([[1] * 3 + [2] * 4]),
+              "decoder_target_tokens": jnp.array([t1 + t2]), "decoder_input_tokens": jnp.array([[0, 12, 0, 14, 15]]),
+              "decoder_segment_ids": jnp.array([[1, 1, 2, 2, 2]]), "decoder_loss_weights": jnp.ones((1, 5))}
+    alone = {"encoder_input_tokens": jnp.array([e2]), "encoder_segment_ids": jnp.ones((1, 4), jnp.int32),
+             "decoder_target_tokens": jnp.array([t2]), "decoder_input_tokens": jnp.array([[0, 14, 15]]),
+             "decoder_segment_ids": jnp.ones((1, 3), jnp.int32), "decoder_loss_weights": jnp.ones((1, 3))}
+    lp, _ = model.apply({"params": params}, packed, deterministic=True)
+    la, _ = model.apply({"params": params}, alone, deterministic=True)
+    # Relative positions are shift-invariant, so segment 2 sees exactly what it sees alone.
+    np.testing.assert_allclose(np.asarray(lp)[0, 2:], np.asarray(la)[0], atol=1e-5)
+
+
+def test_relative_position_buckets_match_t5():
+    rel = np.arange(-6, 7)[None, :]
+    # Hand-worked with T5's rule, 8 buckets, max distance 16. Bidirectional: 4 buckets per direction,
+    # 2 exact (0, 1), then 2 + floor(2 * log(n/2) / log(8)): n=2..5 -> 2, n=6 -> 3; keys after the
+    # query get +4.
+    got = relative_position_bucket(rel, True, 8, 16)[0].tolist()
+    assert got == [3, 2, 2, 2, 2, 1, 0, 5, 6, 6, 6, 6, 7]
+    # Causal: future keys (rel > 0) share bucket 0; 4 exact, then 4 + floor(4 * log(n/4) / log(4)).
+    causal = relative_position_bucket(rel, False, 8, 16)[0].tolist()
+    assert causal == [5, 4, 4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_every_parameter_has_logical_axes():
+    cfg = dataclasses.replace(TINY_MODEL, moe=MoeConfig(num_experts=4))
+    axes = logical_axes(cfg)
+    _, params = init_params(cfg, jax.random.PRNGKey(0))
+    flat_axes = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    flat_params = jax.tree_util.tree_leaves(params)
+    assert len(flat_axes) == len(flat_params)
+    for spec, p in zip(flat_axes, flat_params):
+        assert len(spec) == p.ndim and all(isinstance(n, str) for n in spec)
+
+
+def test_sparse_layer_placement():
+    cfg = dataclasses.replace(TINY_MODEL, num_encoder_layers=4, num_decoder_layers=3, moe=MoeConfig())
+    assert cfg.sparse_layers("encoder") == (1, 3) and cfg.sparse_layers("decoder") == (1,)
+    explicit = dataclasses.replace(cfg, encoder_sparse_layers=(0,), decoder_sparse_layers=())
+    assert explicit.sparse_layers("encoder") == (0,) and explicit.sparse_layers("decoder") == ()
+    with pytest.raises(ConfigError, match="out of range"):
+        dataclasses.replace(cfg, encoder_sparse_layers=(4,)).validate()
+    assert dataclasses.replace(cfg, moe=None).sparse_layers("encoder") == ()
+
+
+@pytest.mark.parametrize("field,value", [("capacity_factor_train", 0.0), ("capacity_factor_eval", -1.0),
+                                         ("num_experts", 0), ("router", "top3"), ("dispatch", "magic")])
+def test_bad_moe_values_are_config_errors(field, value):
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        MoeConfig(**{field: value}).validate()
+
+
+def test_flops_are_matched_between_dense_and_switch():
+    dense = ModelConfig()
+    switch = dataclasses.replace(dense, moe=MoeConfig(num_experts=128))
+    top2 = dataclasses.replace(dense, moe=MoeConfig(num_experts=128, router="top2"))
+    fd, fs, f2 = (flops_per_token(c, 128, 32)["flops_per_example"] for c in (dense, switch, top2))
+    router = 2 * 128 * 128 * (128 + 32)  # one sparse layer per stack: 2*d_model*E per token
+    assert fs - fd == router
+    ffn = 2 * 2 * 128 * 512 * (128 + 32)  # top-2 runs a second expert on every token of the sparse layers
+    assert f2 - fs == ffn
+
+
+def test_bfloat16_model_runs_with_float32_logits():
+    cfg = dataclasses.replace(TINY_MODEL, vocab_size=128, dtype="bfloat16", moe=MoeConfig(num_experts=4))
+    model, params = init_params(cfg, jax.random.PRNGKey(0))
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    logits, _ = model.apply({"params": params}, _batch(), deterministic=True)
+    assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_dummy_batch_shapes():
+    b = dummy_batch(3, 10, 4)
+    assert b["encoder_input_tokens"].shape == (3, 10) and b["decoder_target_tokens"].shape == (3, 4)
+
+
+GIN_MODELS = sorted((Path(__file__).resolve().parents[1] / "gin" / "models").glob("*.gin"))
+
+
+@pytest.mark.parametrize("path", GIN_MODELS, ids=lambda p: p.stem)
+def test_every_model_gin_parses(path):
+    from switchrepro.cli import parse_config
+
+    cfg, operative = parse_config([str(path)], [])
+    assert cfg.model.d_model > 0 and "ModelConfig" in operative
+    if path.stem.startswith("switch") or "moe" in path.stem or "switch" in path.stem:
+        assert cfg.model.moe is not None
