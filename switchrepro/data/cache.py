@@ -1,0 +1,371 @@
+"""Packed, feature-converted examples as numpy arrays, so training never imports TensorFlow.
+
+A task split is materialised once, in a subprocess (`python -m switchrepro.data.cache`), through
+seqio.get_dataset(..., EncDecFeatureConverter(pack=True), shuffle=False, fixed seed), and
+stored as one .npy per model feature plus meta.json. Two materialisations give byte-identical
+arrays. The training process only memory-maps the arrays:
+
+    path = ensure_cache(task, split, inputs_length, targets_length, max_examples, cache_dir, tfds_data_dir)
+    cache = load(path)                                  # or: cache_for_config(data_cfg, split)
+    batch = train_batch(cache, step, batch_size, seed)  # exact resume: a pure function of (step, seed)
+    for batch, n_real in eval_batches(cache, batch_size, max_examples): ...
+
+All batches are dicts of int32 arrays [batch, length] with the eight features in FEATURES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from switchrepro.data import (
+    C4_TASK,
+    MEAN_NOISE_SPAN_LENGTH,
+    NOISE_DENSITY,
+    TASKS,
+    DataError,
+    cache_root,
+    require_c4,
+)
+from switchrepro.data.corpus import SPLITS, manifest_sha256
+
+CACHE_FORMAT = 1
+SEED = 0  # span-corruption randomness (chunk choice, noise masks) in the materialised data
+ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
+                    "decoder_segment_ids", "decoder_positions")
+FEATURES = ENCODER_FEATURES + DECODER_FEATURES
+META = "meta.json"
+
+
+# --------------------------------------------------------------------------- where a cache lives
+
+
+def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
+              max_examples: Optional[int] = None) -> str:
+    """Relative cache path; its hash covers everything that changes the arrays."""
+    from switchrepro.data.vocab import vocab_sha256
+
+    ident = {
+        "format": CACHE_FORMAT, "task": task, "split": split,
+        "inputs_length": int(inputs_length), "targets_length": int(targets_length),
+        "max_examples": max_examples, "seed": SEED,
+        "vocab_sha256": vocab_sha256(), "corpus_manifest_sha256": manifest_sha256(),
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{task}/{split}/{inputs_length}x{targets_length}-{max_examples or 'all'}-{digest}"
+
+
+def span_corruption_lengths(inputs_length: int) -> Tuple[int, int]:
+    """(raw tokens per example, targets length) of T5 span corruption for inputs_length.
+
+    Same arithmetic as t5.data.preprocessors.random_spans_helper (one sentinel per span, EOS
+    included), kept here so a bad request fails before TensorFlow is ever imported.
+    """
+    def lengths(tokens: int) -> Tuple[int, int]:
+        noise = int(round(tokens * NOISE_DENSITY))
+        spans = int(round(noise / MEAN_NOISE_SPAN_LENGTH))
+        return tokens - noise + spans + 1, noise + spans + 1
+
+    tokens = inputs_length - 1
+    while lengths(tokens + 1)[0] <= inputs_length:
+        tokens += 1
+    return tokens, lengths(tokens)[1]
+
+
+def _check_request(task: str, split: str, inputs_length: int, targets_length: int,
+                   max_examples: Optional[int]) -> None:
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {TASKS}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if inputs_length < 8 or targets_length < 4:
+        raise DataError(f"feature lengths the data cannot fill: inputs_length={inputs_length} (need >= 8), "
+                        f"targets_length={targets_length} (need >= 4)")
+    span_targets = span_corruption_lengths(inputs_length)[1]
+    if targets_length < span_targets:
+        raise DataError(f"feature lengths the data cannot fill: span corruption with inputs_length="
+                        f"{inputs_length} makes targets of {span_targets} tokens, so targets_length="
+                        f"{targets_length} must be >= {span_targets}")
+    if max_examples is not None and max_examples < 1:
+        raise DataError(f"max_examples must be None or >= 1, got {max_examples}")
+
+
+def ensure_cache(task: str, split: str, inputs_length: int, targets_length: int,
+                 max_examples: Optional[int] = None, cache_dir: Optional[str] = None,
+                 tfds_data_dir: Optional[str] = None) -> Path:
+    """Directory of the materialised cache, building it in a subprocess if it does not exist yet.
+
+    The subprocess imports TensorFlow, this process does not. It writes into a temporary
+    directory that is renamed into place only when complete, so an interrupted run leaves
+    nothing that looks valid. Failure raises DataError carrying the subprocess's last error line.
+    """
+    _check_request(task, split, inputs_length, targets_length, max_examples)
+    if task == C4_TASK:
+        require_c4(tfds_data_dir)
+    path = cache_root(cache_dir) / cache_key(task, split, inputs_length, targets_length, max_examples)
+    if (path / META).is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "switchrepro.data.cache", "--task", task, "--split", split,
+           "--inputs_length", str(inputs_length), "--targets_length", str(targets_length), "--out", str(tmp)]
+    if max_examples is not None:
+        cmd += ["--max_examples", str(max_examples)]
+    if tfds_data_dir is not None:
+        cmd += ["--tfds_data_dir", str(tfds_data_dir)]
+    try:
+        code, tail = _run_teeing_stderr(cmd)
+        if code != 0:
+            raise DataError(f"materialising {task}/{split} at {inputs_length}/{targets_length} failed "
+                            f"(exit {code}): {_last_error_line(tail)}")
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / META).is_file():  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _run_teeing_stderr(cmd) -> Tuple[int, str]:
+    """Run cmd, passing its stderr (the progress bar) through; return (exit code, stderr tail)."""
+    # CPU only: the data pipeline must not take accelerator memory from the training process.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    repo = str(Path(__file__).resolve().parents[2])  # works without an installed package too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
+    tail = b""
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        tail = (tail + chunk)[-65536:]
+        try:
+            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or replaced: keep draining the pipe
+            pass
+    proc.stderr.close()
+    return proc.wait(), tail.decode("utf-8", errors="replace")
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n") if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+# --------------------------------------------------------------------------- materialisation (TF)
+
+
+def _dtype_for(max_value: int):
+    return np.int16 if max_value <= np.iinfo(np.int16).max else np.int32
+
+
+def materialize(task: str, split: str, inputs_length: int, targets_length: int,
+                out_dir: Path, max_examples: Optional[int] = None,
+                tfds_data_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """Run the seqio pipeline in this process and write FEATURES .npy files + meta.json to out_dir."""
+    import seqio
+    from tqdm import tqdm
+
+    from switchrepro.data import tasks
+
+    _check_request(task, split, inputs_length, targets_length, max_examples)
+    t0 = time.time()
+    lengths = {"inputs": int(inputs_length), "targets": int(targets_length)}
+    raw_tokens, span_targets = span_corruption_lengths(inputs_length)
+    seq_task = tasks.get_task(task, tfds_data_dir)
+    ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
+                           dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
+                           use_cached=False, verbose=False)
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+
+    rows: Dict[str, list] = {k: [] for k in FEATURES}
+    total = max_examples or _estimate_examples(split, raw_tokens)
+    with tqdm(total=total, unit="ex", desc=f"{task}/{split} {inputs_length}/{targets_length}",
+              disable=not progress, mininterval=1.0) as bar:
+        for ex in ds.as_numpy_iterator():
+            for k in FEATURES:
+                rows[k].append(ex[k])
+            bar.update()
+        bar.total = bar.n
+        bar.refresh()
+    n = len(rows[FEATURES[0]])
+    if n == 0:
+        raise DataError(f"feature lengths the data cannot fill: {task}/{split} gave 0 packed examples "
+                        f"at inputs_length={inputs_length}, targets_length={targets_length}")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtypes = {}
+    for k in FEATURES:
+        arr = np.stack(rows[k])
+        small = np.int8 if k == "decoder_loss_weights" else _dtype_for(int(arr.max(initial=0)))
+        if not np.array_equal(arr.astype(small), arr):  # never store a lossy dtype
+            small = arr.dtype
+        np.save(out_dir / f"{k}.npy", arr.astype(small), allow_pickle=False)
+        dtypes[k] = np.dtype(small).name
+        rows[k] = arr
+    meta = {
+        "format": CACHE_FORMAT, "task": task, "split": split,
+        "inputs_length": int(inputs_length), "targets_length": int(targets_length),
+        "max_examples": max_examples, "seed": SEED,
+        "num_examples": n,
+        # One segment per span-corruption example; packing puts several in one row when they fit.
+        "num_segments": int(rows["encoder_segment_ids"].max(axis=1).sum()),
+        "tokens": {"inputs": int((rows["encoder_input_tokens"] != 0).sum()),
+                   "targets": int((rows["decoder_target_tokens"] != 0).sum())},
+        "span_corruption": {"noise_density": NOISE_DENSITY, "mean_noise_span_length": MEAN_NOISE_SPAN_LENGTH,
+                            "raw_tokens_per_example": raw_tokens, "targets_per_example": span_targets},
+        "dtypes": dtypes,
+        "key": cache_key(task, split, inputs_length, targets_length, max_examples),
+        "seconds": round(time.time() - t0, 2),
+    }
+    (out_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _estimate_examples(split: str, raw_tokens_per_example: int) -> Optional[int]:
+    try:
+        from switchrepro.data.corpus import load_manifest
+        return load_manifest()["splits"][split]["tokens"] // raw_tokens_per_example + 1
+    except (DataError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------- TF-free loader
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    path: Path
+    meta: dict
+    arrays: Dict[str, np.ndarray]  # read-only memory maps, [num_examples, length]
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.meta["num_examples"])
+
+
+def load(path: Path) -> Cache:
+    path = Path(path)
+    if not (path / META).is_file():
+        raise DataError(f"{path} is not a materialised cache (no {META}); use ensure_cache() to build it")
+    meta = json.loads((path / META).read_text())
+    arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in FEATURES}
+    for k, a in arrays.items():
+        length = meta["inputs_length" if k.startswith("encoder") else "targets_length"]
+        if a.shape != (meta["num_examples"], length):
+            raise DataError(f"{path / (k + '.npy')} has shape {a.shape}, expected "
+                            f"({meta['num_examples']}, {length}); delete {path} to rebuild it")
+    return Cache(path, meta, arrays)
+
+
+def cache_for_config(data_cfg, split: str) -> Cache:
+    """ensure_cache + load for a DataConfig: the whole (or max_train_examples) train split, or
+    eval_examples of validation. Training needs at least one full batch."""
+    max_examples = data_cfg.max_train_examples if split == "train" else data_cfg.eval_examples
+    cache = load(ensure_cache(data_cfg.task, split, data_cfg.inputs_length, data_cfg.targets_length,
+                              max_examples, data_cfg.cache_dir, data_cfg.tfds_data_dir))
+    if split == "train":
+        _require_batch(cache, data_cfg.batch_size)
+    return cache
+
+
+def _require_batch(cache: Cache, batch_size: int) -> None:
+    if cache.num_examples < batch_size:
+        raise DataError(
+            f"feature lengths the data cannot fill: {cache.meta['task']}/{cache.meta['split']} at "
+            f"{cache.meta['inputs_length']}/{cache.meta['targets_length']} has {cache.num_examples} "
+            f"packed examples, fewer than one batch of {batch_size}; use shorter lengths, a smaller "
+            "batch or more data")
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    perm = np.random.default_rng((seed, epoch)).permutation(num_examples)
+    perm.flags.writeable = False
+    return perm
+
+
+def batch_indices(num_examples: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Example indices of training batch `step`: position p = step * batch_size + i is example
+    perm_e[p % N] with e = p // N, perm_e drawn from default_rng((seed, e))."""
+    pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(pos, num_examples)
+    idx = np.empty(batch_size, dtype=np.int64)
+    for e in np.unique(epochs):  # a batch can straddle an epoch boundary
+        mask = epochs == e
+        idx[mask] = _permutation(num_examples, seed, int(e))[offsets[mask]]
+    return idx
+
+
+def train_batch(cache: Cache, step: int, batch_size: int, seed: int) -> Dict[str, np.ndarray]:
+    """Batch `step` of an endless shuffled stream; int32 arrays [batch_size, length]."""
+    _require_batch(cache, batch_size)
+    idx = batch_indices(cache.num_examples, step, batch_size, seed)
+    return {k: np.asarray(a[idx], dtype=np.int32) for k, a in cache.arrays.items()}
+
+
+def epochs_for(steps: int, batch_size: int, num_examples: int) -> float:
+    """Passes over the data that `steps` training batches make."""
+    return steps * batch_size / num_examples
+
+
+def eval_batches(cache: Cache, batch_size: int,
+                 max_examples: Optional[int] = None) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
+    """The first max_examples examples in fixed order as (batch, real rows); the last batch is
+    padded with all-zero rows, which have loss weight 0."""
+    n = cache.num_examples if max_examples is None else min(max_examples, cache.num_examples)
+    for start in range(0, n, batch_size):
+        real = min(batch_size, n - start)
+        batch = {}
+        for k, a in cache.arrays.items():
+            out = np.zeros((batch_size, a.shape[1]), dtype=np.int32)
+            out[:real] = a[start:start + real]
+            batch[k] = out
+        yield batch, real
+
+
+# --------------------------------------------------------------------------- subprocess entry point
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Materialise a switchrepro task split into a numpy cache.")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--split", required=True, choices=SPLITS)
+    p.add_argument("--inputs_length", type=int, required=True)
+    p.add_argument("--targets_length", type=int, required=True)
+    p.add_argument("--max_examples", type=int, default=None)
+    p.add_argument("--tfds_data_dir", default=None)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    try:
+        meta = materialize(args.task, args.split, args.inputs_length, args.targets_length, args.out,
+                           args.max_examples, args.tfds_data_dir)
+    except Exception as e:  # the parent reports our last stderr line
+        import traceback
+        traceback.print_exc()
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"{meta['num_examples']} examples, {meta['tokens']['inputs']} input and "
+          f"{meta['tokens']['targets']} target tokens in {meta['seconds']}s -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Dispatch backends: send tokens to expert buffers, run the experts, combine the outputs.
+
+Both backends take the same arguments and give the same outputs and gradients:
+
+  x:        <dtype>[G, S, M] grouped activations.
+  routing:  a `routing.Routing` (expert_index, position, gate, kept: [G, S, K]).
+  capacity: slots per expert per group (C), a Python int.
+  expert_fn: maps <dtype>[E, N, M] -> <dtype>[E, N, M], expert e applied to row e; here N = G * C.
+
+and return <dtype>[G, S, M]: sum over kept assignments of gate * expert(x); exactly 0 for tokens with no
+kept assignment. Routing math is float32; gates are cast to the activation dtype here, at the end.
+
+* `einsum`: one-hot dispatch/combine tensors [G, S, E, C], as in the paper and mesh-tensorflow. Cost grows
+  with S^2; kept as the faithful oracle.
+* `scatter` (default): write each kept token straight into a static [E, G, C, M] buffer and gather the
+  outputs back. Same static shapes (jit / all_to_all friendly), O(S) data movement.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from switchrepro.moe.routing import Routing
+
+Array = jax.Array
+ExpertFn = Callable[[Array], Array]
+
+
+def _sizes(x: Array, routing: Routing):
+    g, s, _ = x.shape
+    if routing.expert_index.shape[:2] != (g, s):
+        raise ValueError(f"routing is for [groups, tokens] = {routing.expert_index.shape[:2]} but x is {x.shape}")
+    return routing.probs.shape[-1]
+
+
+def einsum_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
+    """One-hot einsum dispatch (paper Appendix F). See the module docstring for arguments."""
+    num_experts = _sizes(x, routing)
+    g, _, m = x.shape
+    # [G, S, K, E] x [G, S, K, C] -> [G, S, E, C]; a token's K choices are distinct experts, so no overlap.
+    # one_hot(position, C) is all-zero for position >= C, and `kept` zeroes everything else dropped.
+    expert_1h = jax.nn.one_hot(routing.expert_index, num_experts, dtype=jnp.float32)
+    slot_1h = jax.nn.one_hot(routing.position, capacity, dtype=jnp.float32) * routing.kept[..., None]
+    dispatch = jnp.einsum("gske,gskc->gsec", expert_1h, slot_1h)
+    combine = jnp.einsum("gske,gskc,gsk->gsec", expert_1h, slot_1h, routing.gate)
+    dispatch, combine = dispatch.astype(x.dtype), combine.astype(x.dtype)
+
+    buffers = jnp.einsum("gsec,gsm->egcm", dispatch, x)  # [E, G, C, M]
+    out = expert_fn(buffers.reshape(num_experts, g * capacity, m)).reshape(num_experts, g, capacity, m)
+    return jnp.einsum("egcm,gsec->gsm", out, combine)
+
+
+def scatter_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
+    """Scatter into static [E, G, C, M] buffers, gather back. See the module docstring for arguments."""
+    num_experts = _sizes(x, routing)
+    g, s, m = x.shape
+    if capacity == 0:  # nothing fits anywhere (and a gather of size-0 slots is not defined)
+        return jnp.zeros_like(x)
+    k = routing.expert_index.shape[-1]
+    expert = routing.expert_index  # [G, S, K]
+    group = jnp.broadcast_to(jnp.arange(g)[:, None, None], expert.shape)
+    # Slot C is out of range: dropped assignments are not written (mode='drop') and read back as 0 (fill).
+    slot = jnp.where(routing.kept, routing.position, capacity)
+    copies = jnp.broadcast_to(x[:, :, None, :], (g, s, k, m))  # one copy of the token per choice
+
+    buffers = jnp.zeros((num_experts, g, capacity, m), x.dtype).at[expert, group, slot].set(copies, mode="drop")
+    out = expert_fn(buffers.reshape(num_experts, g * capacity, m)).reshape(num_experts, g, capacity, m)
+    back = out.at[expert, group, slot].get(mode="fill", fill_value=0)  # [G, S, K, M]
+    return jnp.einsum("gskm,gsk->gsm", back, routing.gate.astype(x.dtype))
+
+
+BACKENDS = {"einsum": einsum_dispatch, "scatter": scatter_dispatch}
+
+
+def run_experts(kind: str, x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
+    """Run `expert_fn` on the routed tokens with backend `kind` ('scatter' or 'einsum')."""
+    if kind not in BACKENDS:
+        raise ValueError(f"dispatch must be one of {sorted(BACKENDS)}, got {kind!r}")
+    return BACKENDS[kind](x, routing, capacity, expert_fn)

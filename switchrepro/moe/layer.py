@@ -1,0 +1,185 @@
+"""The sparse feed-forward layer: group tokens, route, dispatch to stacked expert FFNs, report metrics.
+
+    x <dtype>[batch, length, d_model]
+      -> T = batch * length tokens, row-major, split into G groups of S tokens (routing.num_groups)
+      -> Routing (float32 router, capacity per group)
+      -> experts: one batched matmul over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch)
+      -> y <dtype>[batch, length, d_model], the FFN branch only: the caller adds the residual.
+
+Dropped and padding tokens get y = 0 exactly, so x + y passes them through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from switchrepro.config import MoeConfig
+from switchrepro.moe import dispatch as dispatch_lib
+from switchrepro.moe import routing
+
+Array = jax.Array
+
+
+@struct.dataclass
+class MoeMetrics:
+    """What one MoE layer reports; the model sums total_aux_loss over its sparse layers.
+
+    Attributes:
+      total_aux_loss: <float32>[] what the trainer adds to the loss: aux_loss_coef * load_balance_loss
+        + z_loss_coef * z_loss; for noisy_topk importance_loss_coef * importance_loss +
+        load_loss_coef * load_loss take the place of the load-balancing term.
+      load_balance_loss: <float32>[] raw Switch loss N * sum_i f_i P_i (1.0 when balanced).
+      z_loss: <float32>[] raw router z-loss.
+      importance_loss: <float32>[] raw CV(importance)^2; 0 unless noisy_topk.
+      load_loss: <float32>[] raw CV(load)^2; 0 unless noisy_topk.
+      fraction_dropped: <float32>[] share of requested (non-padding) token-assignments that overflowed.
+      tokens_per_expert: <float32>[E] share of requested assignments per expert, before dropping.
+      router_entropy: <float32>[] mean entropy (nats) of the router softmax over real tokens.
+      router_confidence: <float32>[] mean top-1 router probability over real tokens.
+      expert_capacity: static int, slots per expert per group in this call.
+    """
+
+    total_aux_loss: Array
+    load_balance_loss: Array
+    z_loss: Array
+    importance_loss: Array
+    load_loss: Array
+    fraction_dropped: Array
+    tokens_per_expert: Array
+    router_entropy: Array
+    router_confidence: Array
+    expert_capacity: int = struct.field(pytree_node=False)
+
+
+def routing_metrics(cfg: MoeConfig, r: routing.Routing, capacity: int) -> MoeMetrics:
+    """MoeMetrics from a Routing (all float32)."""
+    if cfg.router == "noisy_topk":
+        balance = cfg.importance_loss_coef * r.importance_loss + cfg.load_loss_coef * r.load_loss
+    else:
+        balance = cfg.aux_loss_coef * r.load_balance_loss
+    requested = r.routed.astype(jnp.float32)
+    n_requested = jnp.maximum(jnp.sum(requested), 1.0)
+    per_expert = jnp.sum(jax.nn.one_hot(r.expert_index, r.probs.shape[-1]) * requested[..., None], axis=(0, 1, 2))
+    real = r.token_mask.astype(jnp.float32)
+    n_real = jnp.maximum(jnp.sum(real), 1.0)
+    entropy = -jnp.sum(jax.scipy.special.xlogy(r.probs, r.probs), axis=-1)
+    return MoeMetrics(
+        total_aux_loss=balance + cfg.z_loss_coef * r.z_loss,
+        load_balance_loss=r.load_balance_loss,
+        z_loss=r.z_loss,
+        importance_loss=r.importance_loss,
+        load_loss=r.load_loss,
+        fraction_dropped=jnp.sum(requested * (1.0 - r.kept)) / n_requested,
+        tokens_per_expert=per_expert / n_requested,
+        router_entropy=jnp.sum(entropy * real) / n_real,
+        router_confidence=jnp.sum(jnp.max(r.probs, axis=-1) * real) / n_real,
+        expert_capacity=capacity,
+    )
+
+
+def expert_init(scale: float) -> nn.initializers.Initializer:
+    """Truncated normal, std sqrt(scale / fan_in), for stacked [E, fan_in, fan_out] kernels.
+
+    batch_axis=(0,) keeps the expert axis out of fan-in: each expert starts exactly like a dense FFN
+    kernel of shape [fan_in, fan_out]. Without it every expert would start sqrt(E) times too small.
+    """
+    return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1,
+                                            batch_axis=(0,))
+
+
+class MoeFeedForward(nn.Module):
+    """A Switch / top-2 / noisy top-k feed-forward layer with E stacked expert FFNs.
+
+    Attributes:
+      cfg: router, capacity, losses and dispatch (switchrepro.config.MoeConfig).
+      d_model: width of the input and output.
+      d_ff: width of each expert's hidden layer.
+      activation: 'relu' (relu(x wi) wo) or 'geglu' (gelu(x wi_0) * (x wi_1)) wo).
+      init_scale: expert kernels start at std sqrt(init_scale / fan_in) (paper: 0.1).
+      dtype: activation dtype; parameters are float32 and the router runs in cfg.router_dtype.
+
+    RNG streams in training (deterministic=False): 'jitter' for router randomness (exploration, the
+    top-2 second-expert coin, noisy top-k noise) and 'dropout' when cfg.expert_dropout > 0.
+    """
+
+    cfg: MoeConfig
+    d_model: int
+    d_ff: int
+    activation: str = "relu"
+    init_scale: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, token_mask: Optional[Array] = None, *,
+                 deterministic: bool) -> tuple[Array, MoeMetrics]:
+        """Apply the layer.
+
+        Args:
+          x: <dtype>[batch, length, d_model] activations.
+          token_mask: <bool>[batch, length] True for real tokens; None means all real.
+          deterministic: True for evaluation (no randomness, capacity_factor_eval).
+
+        Returns:
+          y: <dtype>[batch, length, d_model], the FFN branch (no residual).
+          metrics: MoeMetrics.
+        """
+        cfg = self.cfg
+        cfg.validate()
+        if self.activation not in ("relu", "geglu"):
+            raise ValueError(f"activation must be 'relu' or 'geglu', got {self.activation!r}")
+        batch, length, d_model = x.shape
+        if d_model != self.d_model:
+            raise ValueError(f"x has d_model={d_model} but MoeFeedForward.d_model={self.d_model}; make them equal")
+        if token_mask is not None and token_mask.shape != (batch, length):
+            raise ValueError(f"token_mask must have shape [batch, length] = {(batch, length)}, got {token_mask.shape}")
+        num_experts = cfg.num_experts
+
+        # --- parameters (float32), with logical axis names for partitioning ---
+        router_init = nn.initializers.zeros if cfg.router == "noisy_topk" else \
+            nn.initializers.normal(cfg.router_init_std)
+        router_kernel = self.param("router", nn.with_logical_partitioning(router_init, ("embed", "unmodeled")),
+                                   (d_model, num_experts), jnp.float32)
+        noise_kernel = None
+        if cfg.router == "noisy_topk":
+            noise_kernel = self.param("router_noise", nn.with_logical_partitioning(
+                nn.initializers.zeros, ("embed", "unmodeled")), (d_model, num_experts), jnp.float32)
+        init = expert_init(self.init_scale)
+        wi_names = ["wi_0", "wi_1"] if self.activation == "geglu" else ["wi"]
+        wi = [self.param(name, nn.with_logical_partitioning(init, ("expert", "embed", "mlp")),
+                         (num_experts, d_model, self.d_ff), jnp.float32) for name in wi_names]
+        wo = self.param("wo", nn.with_logical_partitioning(init, ("expert", "mlp", "embed")),
+                        (num_experts, self.d_ff, d_model), jnp.float32)
+
+        # --- groups and capacity (static Python ints) ---
+        groups = routing.num_groups(batch * length, cfg.group_size)
+        group_len = batch * length // groups
+        xg = x.reshape(groups, group_len, d_model).astype(self.dtype)  # row-major: sequence order kept
+        mask = None if token_mask is None else token_mask.reshape(groups, group_len)
+        factor = cfg.capacity_factor_eval if deterministic else cfg.capacity_factor_train
+        capacity = routing.expert_capacity(group_len, num_experts, factor, cfg.min_capacity, cfg.capacity_rounding)
+
+        # --- route (float32 unless cfg.router_dtype says otherwise) ---
+        key = None
+        if not deterministic and routing.needs_key(cfg):
+            if not (self.has_rng("jitter") or self.is_initializing()):
+                raise ValueError("training MoeFeedForward draws router noise: pass rngs={'jitter': key, ...} to "
+                                 "apply(), or call it with deterministic=True")
+            key = self.make_rng("jitter")
+        r = routing.route(cfg, xg, router_kernel, capacity, mask, noise_kernel=noise_kernel, key=key)
+
+        # --- experts: one batched FFN over all experts' buffers ---
+        hidden_dropout = nn.Dropout(rate=cfg.expert_dropout, name="expert_dropout")
+
+        def experts(h: Array) -> Array:  # <dtype>[E, N, d_model] -> <dtype>[E, N, d_model]
+            proj = [jnp.einsum("enm,emf->enf", h, w.astype(self.dtype)) for w in wi]
+            a = nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
+            a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
+            return jnp.einsum("enf,efm->enm", a, wo.astype(self.dtype))
+
+        y = dispatch_lib.run_experts(cfg.dispatch, xg, r, capacity, experts)
+        return y.reshape(batch, length, d_model), routing_metrics(cfg, r, capacity)

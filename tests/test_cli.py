@@ -1,0 +1,110 @@
+"""The command line end to end through Click's CliRunner, and its one-line errors (exit status 2)."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from switchrepro.cli import main
+
+TINY = ["--gin-file", "models/tiny_switch.gin",
+        "--gin", "ModelConfig.d_model = 64", "--gin", "ModelConfig.d_ff = 128", "--gin", "ModelConfig.num_heads = 2",
+        "--gin", "ModelConfig.d_kv = 16", "--gin", "MoeConfig.num_experts = 4",
+        "--gin", "DataConfig.inputs_length = 64", "--gin", "DataConfig.targets_length = 16",
+        "--gin", "DataConfig.batch_size = 16", "--gin", "DataConfig.eval_examples = 64",
+        "--gin", "DataConfig.max_train_examples = 2048",
+        "--gin", "TrainConfig.steps = 12", "--gin", "TrainConfig.eval_every = 6",
+        "--gin", "TrainConfig.checkpoint_every = 6", "--gin", "TrainConfig.log_every = 3"]
+
+
+def _cache(cache_root):
+    return ["--gin", f"DataConfig.cache_dir = '{cache_root}'"]
+
+
+@pytest.fixture(scope="module")
+def trained(cache_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--run-dir", str(run_dir),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return run_dir, result.output
+
+
+def test_train_writes_run_directory_and_prints_quality(trained):
+    run_dir, output = trained
+    assert "held-out neg. log perplexity" in output
+    assert "expert capacity per layer" in output
+    for name in ("config.gin", "config.json", "command.txt", "metrics.jsonl"):
+        assert (run_dir / name).is_file()
+    assert "MoeConfig.num_experts = 4" in (run_dir / "config.gin").read_text()
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["event"] == "done" and rows[-1]["step"] == 12
+    assert (run_dir / "checkpoints" / "12").is_dir()
+
+
+def test_rerun_is_a_no_op_resume(trained, cache_root):
+    run_dir, first = trained
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--run-dir", str(run_dir),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "resuming at step 12" in result.output
+    quality = lambda out: [ln for ln in out.splitlines() if "held-out" in ln][0].split("|")[1]
+    assert quality(result.output) == quality(first)
+
+
+def test_eval_command_scores_the_checkpoint(trained):
+    run_dir, output = trained
+    result = CliRunner().invoke(main, ["eval", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "step 12: held-out neg. log perplexity" in result.output
+    final = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert f"{final['eval_neg_log_perplexity']:.4f}" in result.output
+
+
+def test_changed_config_in_existing_run_dir_is_refused(trained, cache_root):
+    run_dir, _ = trained
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--gin", "TrainConfig.steps = 13",
+                                       "--run-dir", str(run_dir)])
+    assert result.exit_code == 2 and "different configuration" in result.output
+
+
+def test_unreadable_checkpoint_is_a_clear_error(trained, tmp_path):
+    run_dir = tmp_path / "broken"
+    shutil.copytree(trained[0], run_dir)
+    for f in (run_dir / "checkpoints" / "12").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    result = CliRunner().invoke(main, ["eval", "--run-dir", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot restore checkpoint") and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gin-file", "models/no_such_model.gin"], "gin file 'models/no_such_model.gin' not found"),
+    (["--gin-file", "models/tiny_switch.gin", "--gin", "MoeConfig.no_such_field = 3"], "gin:"),
+    (["--gin-file", "models/tiny_switch.gin", "--gin", "NoSuchConfig.x = 3"], "gin:"),
+    (["--gin-file", "models/tiny_switch.gin", "--gin", "MoeConfig.capacity_factor_train = 0.0"],
+     "capacity_factor_train must be > 0"),
+    (["--gin-file", "models/tiny_switch.gin", "--gin", "MoeConfig.num_experts = -2"],
+     "num_experts must be a positive integer"),
+    (["--gin-file", "models/tiny_switch.gin", "--gin", "DataConfig.task = 'c4_span_corruption'"], "tfds"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["train", *args, "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_feature_lengths_the_data_cannot_fill(cache_root, tmp_path):
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--gin",
+                                       "DataConfig.max_train_examples = 4", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "fewer than one batch" in result.output
+
+
+def test_missing_tfds_directory(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--gin-file", "models/tiny_switch.gin", "--gin",
+                                       "DataConfig.task = 'c4_span_corruption'", "--tfds-data-dir",
+                                       str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
