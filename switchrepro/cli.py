@@ -106,23 +106,15 @@ def config_from_dict(d: dict) -> C.ExperimentConfig:
 
 
 def load_caches(cfg: C.ExperimentConfig, echo=click.echo):
-    """Materialises (once, in a subprocess) and loads the train and validation numpy caches."""
+    """Materialises (once, in a subprocess that alone imports TensorFlow) and loads the train and
+    validation numpy caches."""
     from switchrepro.data import DataError
     from switchrepro.data import cache as data_cache
 
-    dc = cfg.data
     try:
-        common = dict(task=dc.task, inputs_length=dc.inputs_length, targets_length=dc.targets_length,
-                      cache_dir=dc.cache_dir, tfds_data_dir=dc.tfds_data_dir)
-        train_dir = data_cache.ensure_cache(split="train", max_examples=dc.max_train_examples, **common)
-        eval_dir = data_cache.ensure_cache(split="validation", max_examples=dc.eval_examples, **common)
-        train_cache, eval_cache = data_cache.load(train_dir), data_cache.load(eval_dir)
+        return data_cache.cache_for_config(cfg.data, "train"), data_cache.cache_for_config(cfg.data, "validation")
     except DataError as e:
         raise UserError(str(e)) from e
-    if train_cache.num_examples < dc.batch_size:
-        raise UserError(f"the {dc.task} training cache has {train_cache.num_examples} examples, fewer than one "
-                        f"batch of {dc.batch_size}: lower DataConfig.batch_size or the feature lengths")
-    return train_cache, eval_cache
 
 
 # ------------------------------------------------------------------------------------------------ commands

@@ -30,8 +30,9 @@ def tiny_experiment(cache_root):
         model = dataclasses.replace(TINY_MODEL, moe=moe)
         data = DataConfig(inputs_length=64, targets_length=16, batch_size=16, eval_examples=64,
                           cache_dir=cache_root, max_train_examples=2048)
-        train = TrainConfig(steps=steps, warmup_steps=20, learning_rate=1.0, eval_every=30,
-                            checkpoint_every=20, log_every=10, progress=False, **train_kw)
+        train_kw = {"warmup_steps": 20, "learning_rate": 1.0, "eval_every": 30, "checkpoint_every": 20,
+                    "log_every": 10, "progress": False, **train_kw}
+        train = TrainConfig(steps=steps, **train_kw)
         return ExperimentConfig(model=model, data=data, train=train)
 
     return make

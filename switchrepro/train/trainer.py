@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import flax
 import jax
@@ -145,10 +145,14 @@ def make_eval_step(model: Transformer):
     return jax.jit(eval_step)
 
 
-def evaluate(eval_step, params, batches: Iterable[Dict[str, np.ndarray]]) -> Dict[str, Any]:
-    """Held-out negative log-perplexity (nats per target token; the paper's quality measure)."""
+def evaluate(eval_step, params, batches: Iterable[Tuple[Dict[str, np.ndarray], int]]) -> Dict[str, Any]:
+    """Held-out negative log-perplexity (nats per target token; the paper's quality measure).
+
+    `batches` yields (batch, real rows) as `switchrepro.data.cache.eval_batches` does; padding rows
+    have loss weight 0, so they add nothing.
+    """
     total, count, layer_rows = 0.0, 0.0, []
-    for batch in batches:
+    for batch, _ in batches:
         ce_sum, n, moe = eval_step(params, batch)
         total += float(ce_sum)
         count += float(n)
