@@ -252,7 +252,15 @@ def data_info():
     """Summarise the embedded corpus, vocabulary and materialised caches."""
     from switchrepro.data import verify
 
-    click.echo(verify.info())
+    s = verify.info()
+    click.echo(f"embedded corpus: {verify.one_line(s)}")
+    for name, src in s["sources"].items():
+        click.echo(f"  {name} {src['version']}: {src['docs']:,} docs, {src['tokens'] / 1e6:.2f}M tokens; "
+                   f"{src['licence']}")
+    click.echo(f"embedded dir: {s['embedded_dir']}")
+    click.echo(f"cache dir: {s['cache_dir']} ({len(s['caches'])} materialised cache(s))")
+    for c in s["caches"]:
+        click.echo(f"  {c}")
 
 
 @main.group()

@@ -129,7 +129,6 @@ def _ffn(params, activation, v, e):
 
 
 def _cv2(v):
-    v = jnp.stack(v)
     return jnp.var(v) / (jnp.mean(v) ** 2 + 1e-10)
 
 
@@ -149,10 +148,10 @@ def forward(cfg, params, x, token_mask, assignments, group_size, activation, key
     lb, z, imp, load, z_tokens = [], [], [], [], 0
     for gi in range(g):
         n_real = int(mask[gi].sum())
-        f = [0.0] * e_count
-        p_sum = [0.0] * e_count
-        importance = [0.0] * e_count
-        load_i = [0.0] * e_count
+        f = np.zeros(e_count, np.float32)  # fraction of real tokens whose first choice is e
+        p_sum = jnp.zeros(e_count)  # mean router probability
+        importance = jnp.zeros(e_count)  # noisy top-k: sum of gates
+        load_i = jnp.zeros(e_count)  # noisy top-k: (smooth) number of tokens per expert
         for si in range(s):
             h, clean, std = _token_logits(cfg, params, x_r, draws, gi, si)
             p = jax.nn.softmax(h)
@@ -165,31 +164,28 @@ def forward(cfg, params, x, token_mask, assignments, group_size, activation, key
                     gate = p[a.expert] / (p[a.top[0]] + p[a.top[1]] + 1e-9)  # renormalised over the top 2
                 else:
                     gate = jax.nn.softmax(jnp.stack([h[e] for e in a.top]))[a.choice]  # softmax over the top k
-                    importance[a.expert] = importance[a.expert] + gate
+                    importance = importance.at[a.expert].add(gate)
                 if a.kept:
                     y = y + gate * _ffn(params, activation, xg[gi, si], a.expert)
             rows.append(y)
             if not mask[gi, si]:
                 continue
             f[mine[0].expert] += 1.0 / n_real  # the first choice, before capacity
-            for e in range(e_count):
-                p_sum[e] = p_sum[e] + p[e] / n_real
+            p_sum = p_sum + p / n_real
             z.append(jax.nn.logsumexp(h) ** 2)
             z_tokens += 1
             if cfg.router == "noisy_topk":
-                chosen = {a.expert for a in mine}
+                chosen = np.isin(np.arange(e_count), [a.expert for a in mine])
                 if "noise" not in draws:
-                    for e in chosen:
-                        load_i[e] += 1.0
+                    load_i = load_i + chosen
                 else:
+                    # Phi((clean_e - k-th largest H among the other experts) / noise std_e)
+                    k = cfg.noisy_top_k
                     ranked = jnp.sort(h)[::-1]
-                    for e in range(e_count):
-                        # k-th largest H among the other experts
-                        bar = (ranked[cfg.noisy_top_k] if cfg.noisy_top_k < e_count else -jnp.inf) \
-                            if e in chosen else ranked[cfg.noisy_top_k - 1]
-                        load_i[e] = load_i[e] + norm.cdf((clean[e] - bar) / std[e])
+                    bar_in = ranked[k] if k < e_count else -jnp.inf  # e is in the top k: the next one
+                    load_i = load_i + norm.cdf((clean - jnp.where(chosen, bar_in, ranked[k - 1])) / std)
         if n_real:
-            lb.append(e_count * sum(f[e] * p_sum[e] for e in range(e_count)))
+            lb.append(e_count * jnp.sum(f * p_sum))
             if cfg.router == "noisy_topk":
                 imp.append(_cv2(importance))
                 load.append(_cv2(load_i))

@@ -103,8 +103,10 @@ class MoeFeedForward(nn.Module):
       init_scale: expert kernels start at std sqrt(init_scale / fan_in) (paper: 0.1).
       dtype: activation dtype; parameters are float32 and the router runs in cfg.router_dtype.
 
-    RNG streams in training (deterministic=False): 'jitter' for router randomness (exploration, the
-    top-2 second-expert coin, noisy top-k noise) and 'dropout' when cfg.expert_dropout > 0.
+    Training (deterministic=False) uses capacity_factor_train and the RNG streams 'jitter' (router
+    randomness: cfg.exploration for the Switch router, the top-2 second-expert coin, noisy top-k noise;
+    exploration does not apply to top2 / noisy_topk, as in mesh-tensorflow) and 'dropout' (only when
+    cfg.expert_dropout > 0). Evaluation (deterministic=True) uses capacity_factor_eval and no randomness.
     """
 
     cfg: MoeConfig
