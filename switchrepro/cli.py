@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -78,7 +79,15 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.E
     gin.add_config_file_search_path(str(GIN_DIR))
     files = [str(resolve_gin_file(f)) for f in gin_files]
     try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        # gin tries each include against the working directory first and logs an ERROR for the miss
+        # before finding it under gin/; that message is noise, so silence the root logger while parsing.
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.CRITICAL)
+        try:
+            gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        finally:
+            root_logger.setLevel(level)
         cfg = C.ExperimentConfig(model=_gin.ModelConfig(), data=_gin.DataConfig(), train=_gin.TrainConfig())
         cfg = _plain(cfg)
         operative = gin.operative_config_str()
