@@ -101,7 +101,7 @@ def test_every_parameter_has_logical_axes():
     flat_axes = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     flat_params = jax.tree_util.tree_leaves(params)
     assert len(flat_axes) == len(flat_params)
-    for spec, p in zip(flat_axes, flat_params):
+    for spec, p in zip(flat_axes, flat_params, strict=True):
         assert len(spec) == p.ndim and all(isinstance(n, str) for n in spec)
 
 

@@ -278,7 +278,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
             m = _to_float(jax.device_get(metrics))
             timer.mark(step)
             row = {"step": step, **{k: round(v, 6) for k, v in m.items()}, **timer.rates(),
-                   "wall_seconds": round(time.time() - wall0, 3), "epoch": step * dc.batch_size / train_cache.num_examples}
+                   "wall_seconds": round(time.time() - wall0, 3),
+                   "epoch": step * dc.batch_size / train_cache.num_examples}
             if not math.isfinite(m["loss"]):
                 diverged_at = step
                 row["diverged"] = True
@@ -326,9 +327,9 @@ def capacity_summary(cfg: ExperimentConfig, dc) -> str:
         tokens = dc.batch_size * length
         g = num_groups(tokens, m.group_size)
         s = tokens // g
-        cap = lambda cf: expert_capacity(s, m.num_experts, cf, m.min_capacity, m.capacity_rounding)
-        parts.append(f"{stack} {g} group(s) x {s} tokens -> C={cap(m.capacity_factor_train)} train, "
-                     f"{cap(m.capacity_factor_eval)} eval")
+        train_c, eval_c = (expert_capacity(s, m.num_experts, cf, m.min_capacity, m.capacity_rounding)
+                           for cf in (m.capacity_factor_train, m.capacity_factor_eval))
+        parts.append(f"{stack} {g} group(s) x {s} tokens -> C={train_c} train, {eval_c} eval")
     return "; ".join(parts)
 
 
