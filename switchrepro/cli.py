@@ -14,6 +14,7 @@ unreadable checkpoint) prints one line and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -50,6 +51,19 @@ def _gin():
     return gin
 
 
+@contextlib.contextmanager
+def _quiet_gin_includes():
+    """gin tries each include against the working directory first and logs an ERROR for the miss
+    before finding it under gin/; that message is noise, so the root logger is silenced meanwhile."""
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root_logger.setLevel(level)
+
+
 def resolve_gin_file(name: str) -> Path:
     """A path, or a name under gin/ (e.g. `models/tiny_switch` or `tiny_switch`)."""
     candidates = [Path(name)]
@@ -79,15 +93,8 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.E
     gin.add_config_file_search_path(str(GIN_DIR))
     files = [str(resolve_gin_file(f)) for f in gin_files]
     try:
-        # gin tries each include against the working directory first and logs an ERROR for the miss
-        # before finding it under gin/; that message is noise, so silence the root logger while parsing.
-        root_logger = logging.getLogger()
-        level = root_logger.level
-        root_logger.setLevel(logging.CRITICAL)
-        try:
+        with _quiet_gin_includes():
             gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-        finally:
-            root_logger.setLevel(level)
         cfg = C.ExperimentConfig(model=_gin.ModelConfig(), data=_gin.DataConfig(), train=_gin.TrainConfig())
         cfg = _plain(cfg)
         operative = gin.operative_config_str()
@@ -98,6 +105,27 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.E
     except C.ConfigError as e:
         raise UserError(str(e)) from e
     return cfg, operative
+
+
+def parse_table(name: str):
+    """Parses gin/tables/<name>.gin into a TableSpec."""
+    from switchrepro.experiments import spec as S
+
+    gin = _gin()
+    if not getattr(_gin, "table_registered", False):
+        _gin.TableSpec = gin.external_configurable(S.from_gin_values, name="TableSpec")
+        _gin.table_registered = True
+    tables = sorted(p.stem for p in (GIN_DIR / "tables").glob("*.gin") if not p.stem.startswith("_"))
+    if name not in tables:
+        raise UserError(f"unknown table {name!r}; choose one of: {', '.join(tables)}")
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    try:
+        with _quiet_gin_includes():
+            gin.parse_config_file(str(GIN_DIR / "tables" / f"{name}.gin"))
+        return _gin.TableSpec()
+    except (ValueError, TypeError, KeyError, SyntaxError, IOError) as e:
+        raise UserError(f"gin/tables/{name}.gin: {str(e).splitlines()[0]}") from e
 
 
 def config_from_dict(d: dict) -> C.ExperimentConfig:
@@ -163,15 +191,7 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool):
     from switchrepro.train import trainer
     from switchrepro.train.checkpoint import CheckpointError
 
-    saved = run_dir / "config.json"
-    as_dict = C.to_dict(cfg)
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(as_dict)):
-        raise UserError(f"{run_dir} holds a run with a different configuration (see {saved}); "
-                        "use a new --run-dir or delete that one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(as_dict, indent=2, sort_keys=True) + "\n")
-    (run_dir / "config.gin").write_text(operative)
-    (run_dir / "command.txt").write_text(" ".join(["switchrepro"] + sys.argv[1:]) + "\n")
+    prepare_run_dir(cfg, operative, run_dir)
     train_cache, eval_cache = load_caches(cfg)
     try:
         result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
@@ -190,6 +210,20 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool):
         msg += f" | {final['examples_per_sec']:.1f} examples/sec"
     click.echo(msg)
     click.echo(f"metrics: {result.metrics_path}")
+
+
+def prepare_run_dir(cfg: C.ExperimentConfig, operative: str, run_dir: Path) -> None:
+    """Refuses a run directory that holds another configuration; saves config.json, the operative
+    gin config and the command line."""
+    saved = run_dir / "config.json"
+    as_dict = C.to_dict(cfg)
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(as_dict)):
+        raise UserError(f"{run_dir} holds a run with a different configuration (see {saved}); "
+                        "use a new --run-dir or delete that one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(as_dict, indent=2, sort_keys=True) + "\n")
+    (run_dir / "config.gin").write_text(operative)
+    (run_dir / "command.txt").write_text(" ".join(["switchrepro"] + sys.argv[1:]) + "\n")
 
 
 def _stop_after() -> Optional[int]:
@@ -237,6 +271,80 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
                f"nats/token over {out['eval_target_tokens']} target tokens"
                + (f"; {out['eval_fraction_dropped']:.2%} of routed tokens dropped" if "eval_fraction_dropped" in out
                   else ""))
+
+@main.command()
+@click.argument("table")
+@click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True,
+              help="smoke: seconds per row (CI); mini: the CPU reproduction; paper: Table 9 models on C4.")
+@click.option("--seeds", type=int, default=None, help="Seeds per row (default: the table's, per scale).")
+@click.option("--rows", default=None, help="Comma-separated row names to run (default: all).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (rows, params, FLOPs, steps, estimated time) only.")
+@click.option("--gin", "bindings", multiple=True, metavar="NAME=VALUE", help="Extra binding for every row.")
+@click.option("--tfds-data-dir", default=None, help="TFDS directory with c4/en:3.1.0 (paper scale).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Checkpoints and full logs of every run.")
+def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir, runs_dir):
+    """Reproduce a paper TABLE (table1, table2, table3, table11, scaling): train its rows x seeds, collect
+    the metrics, print them beside the paper's and judge each claim. Stopping and rerunning is safe:
+    finished runs are reused, interrupted ones resume."""
+    import time as _time
+
+    from switchrepro.experiments import runner
+
+    spec = parse_table(table)
+    extra = _bindings_with_tfds(bindings, tfds_data_dir)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    row_names = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    try:
+        runs = runner.plan(spec, scale, lambda files, b: parse_config(files, [*b, *extra]), runs_dir,
+                           seeds=seeds, rows=row_names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from e
+    plan = runner.dry_run_table(runs)
+    if dry_run:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            click.echo(plan.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+        click.echo(f"estimated total: {plan['est. CPU minutes'].sum():.1f} CPU minutes for the unfinished runs "
+                   f"(estimate at {runner.CPU_FORWARD_GFLOPS:.0f} forward GFLOP/s)")
+        return
+    from switchrepro.train import trainer
+    from switchrepro.train.checkpoint import CheckpointError
+
+    def train_one(r):
+        prepare_run_dir(r.config, r.operative_gin, r.run_dir)
+        train_cache, eval_cache = load_caches(r.config)
+        try:
+            trainer.train(r.config, r.run_dir, train_cache=train_cache, eval_cache=eval_cache,
+                          echo=lambda m: click.echo("  " + m), stop_after=_stop_after())
+        except CheckpointError as e:
+            raise UserError(str(e)) from e
+
+    t0 = _time.time()
+    runner.execute(runs, train_one, echo=click.echo)
+    results, curves, loads = runner.collect(spec, scale, runs)
+    meta = {"command": " ".join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
+            "seeds": seeds or spec.seeds[scale], "rows": [r.name for r in spec.rows] if not row_names else row_names,
+            "this_invocation_seconds": round(_time.time() - t0, 1),
+            "train_seconds_total": float(results["wall_seconds"].sum()) if len(results) else 0.0}
+    path = runner.save(spec, scale, runs, results, curves, loads, results_dir, meta)
+    click.echo(f"results: {path} ({len(results)} of {len(runs)} runs finished)")
+    _print_table(spec, scale, results, curves)
+
+
+def _print_table(spec, scale, results, curves):
+    from switchrepro.experiments import claims, paper, report
+
+    if results.empty:
+        return
+    summary = claims.summarize(results)
+    threshold = (spec.threshold or {}).get(scale)
+    verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold)
+    click.echo(report.format_console(spec.name, summary, paper.load(spec.name), verdicts))
 
 
 @main.group()

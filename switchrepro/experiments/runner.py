@@ -1,0 +1,186 @@
+"""Run a paper table: rows x seeds -> trained runs -> pandas DataFrames.
+
+Runs are idempotent and resumable. Each (row, seed) is keyed by a hash of its full configuration;
+its run directory is `<runs_dir>/<scale>/<table>/<row>-s<seed>-<hash>`. A finished run (its
+metrics.jsonl ends with a "done" or "diverged" event) is never recomputed; an interrupted one
+resumes from its last checkpoint. Stopping a table half-way and running it again is safe and cheap.
+
+The collected frames follow the contract in `switchrepro.experiments.claims`:
+  results: one row per (row, seed); curves: one row per evaluation; loads: per-layer expert load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from switchrepro.config import ExperimentConfig
+from switchrepro.experiments.spec import Row, TableSpec
+
+# Forward GFLOP/s a whole tiny model sustained in training on the 2-core CPU VM (76.6 examples/s x
+# 236 MFLOPs/example, README first run); used only for --dry-run time estimates.
+CPU_FORWARD_GFLOPS = 18.0
+
+# (gin files, bindings) -> (config, operative gin text); switchrepro.cli.parse_config.
+ConfigBuilder = Callable[[Sequence[str], Sequence[str]], Tuple[ExperimentConfig, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    row: Row
+    seed: int
+    config: ExperimentConfig
+    operative_gin: str
+    config_hash: str
+    run_dir: Path
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """A stable hash of everything that determines a run's metrics (progress-bar flags excluded)."""
+    d = dataclasses.asdict(cfg)
+    d["train"].pop("progress", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
+
+
+def plan(spec: TableSpec, scale: str, build: ConfigBuilder, runs_dir: Path, seeds: Optional[int] = None,
+         rows: Optional[Sequence[str]] = None) -> List[PlannedRun]:
+    """The runs of `spec` at `scale`: each selected row x each seed, with its config and run directory."""
+    selected = [spec.row(r) for r in rows] if rows else list(spec.rows)
+    n_seeds = seeds or spec.seeds[scale]
+    out = []
+    for row in selected:
+        model_file = spec.models[scale][row.model]
+        for seed in range(n_seeds):
+            bindings = [*spec.scale_bindings[scale], *row.bindings, f"TrainConfig.seed = {seed}"]
+            cfg, operative = build([model_file], bindings)
+            h = config_hash(cfg)
+            out.append(PlannedRun(row, seed, cfg, operative, h,
+                                  runs_dir / scale / spec.name / f"{slug(row.name)}-s{seed}-{h}"))
+    return out
+
+
+def run_status(run: PlannedRun) -> str:
+    """'done', 'diverged', 'partial' (has checkpoints or metrics) or 'new'."""
+    log = run.run_dir / "metrics.jsonl"
+    if log.exists():
+        events = [json.loads(ln).get("event") for ln in log.read_text().splitlines() if ln]
+        if "done" in events:
+            return "done"
+        if "diverged" in events:
+            return "diverged"
+        return "partial"
+    return "partial" if (run.run_dir / "checkpoints").exists() else "new"
+
+
+def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
+            echo: Callable[[str], None] = print) -> Dict[str, float]:
+    """Trains every run that is not finished; returns wall seconds spent per run key."""
+    spent = {}
+    for i, run in enumerate(runs, 1):
+        status = run_status(run)
+        label = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
+        if status in ("done", "diverged"):
+            echo(f"{label}: {status}, not recomputed")
+            continue
+        echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
+        t0 = time.time()
+        train_fn(run)
+        spent[run.run_dir.name] = time.time() - t0
+    return spent
+
+
+# ------------------------------------------------------------------------------------------- collect
+
+
+def _rows(path: Path) -> List[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+
+
+def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Reads each finished run's metrics.jsonl into (results, curves, loads)."""
+    results, curves, loads = [], [], {}
+    for run in runs:
+        if run_status(run) not in ("done", "diverged"):
+            continue
+        log = _rows(run.run_dir / "metrics.jsonl")
+        start = next(r for r in log if r.get("event") == "start")
+        steps = [r for r in log if "event" not in r]
+        evals = [r for r in steps if "eval_neg_log_perplexity" in r]
+        diverged = next((r["step"] for r in log if r.get("event") == "diverged"), None)
+        last = steps[-1] if steps else {}
+        final_eval = evals[-1] if evals and diverged is None else {}
+        moe = run.config.model.moe
+        results.append({
+            "table": spec.name, "scale": scale, "row": run.row.name, "seed": run.seed,
+            "config_hash": run.config_hash, "params": start["params"],
+            "flops_per_example": start["flops_per_example"],
+            "num_experts": moe.num_experts if moe else 1,
+            "capacity_factor": moe.capacity_factor_train if moe else np.nan,
+            "steps": run.config.train.steps, "final_step": last.get("step", 0),
+            "final_nlp": final_eval.get("eval_neg_log_perplexity", np.nan),
+            "diverged_at": float(diverged) if diverged is not None else np.nan,
+            "examples_per_sec": last.get("examples_per_sec", np.nan),
+            "wall_seconds": last.get("wall_seconds", np.nan),
+            "epochs": start["epochs"],
+            "fraction_dropped": final_eval.get("eval_fraction_dropped", np.nan),
+        })
+        for r in evals:
+            curves.append({"table": spec.name, "row": run.row.name, "seed": run.seed, "step": r["step"],
+                           "wall_seconds": r["wall_seconds"], "nlp": r["eval_neg_log_perplexity"]})
+        if final_eval.get("eval_moe_layers") and run.seed == 0:
+            loads[run.row.name] = {name: m["tokens_per_expert"] for name, m in final_eval["eval_moe_layers"].items()}
+    return pd.DataFrame(results), pd.DataFrame(curves), loads
+
+
+def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.DataFrame, curves: pd.DataFrame,
+         loads: dict, results_dir: Path, meta: dict) -> Path:
+    """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json) and copies each run's
+    small logs (metrics.jsonl, config.gin) under results/<scale>/logs/<table>/ so they can be committed."""
+    out = results_dir / scale
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / f"{spec.name}.csv", index=False)
+    curves.to_csv(out / f"{spec.name}_curves.csv", index=False)
+    (out / f"{spec.name}_loads.json").write_text(json.dumps(loads, indent=1, sort_keys=True) + "\n")
+    (out / f"{spec.name}_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    for run in runs:
+        if run_status(run) in ("done", "diverged"):
+            dst = out / "logs" / spec.name / run.run_dir.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.jsonl", "config.gin"):
+                if (run.run_dir / name).exists():
+                    shutil.copy2(run.run_dir / name, dst / name)
+    return out / f"{spec.name}.csv"
+
+
+def dry_run_table(runs: Sequence[PlannedRun]) -> pd.DataFrame:
+    """The plan: rows, parameters, FLOPs per example, steps and an estimated time per run."""
+    import jax
+
+    from switchrepro.model.t5 import Transformer, dummy_batch
+    from switchrepro.train.trainer import flops_per_token
+
+    lines = []
+    for run in runs:
+        c, d, t = run.config.model, run.config.data, run.config.train
+        shapes = jax.eval_shape(lambda c=c, d=d: Transformer(c).init(
+            {"params": jax.random.PRNGKey(0)}, dummy_batch(2, d.inputs_length, d.targets_length), deterministic=True))
+        params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
+        flops = flops_per_token(c, d.inputs_length, d.targets_length)["flops_per_example"]
+        est = t.steps * d.batch_size * flops / (CPU_FORWARD_GFLOPS * 1e9)
+        lines.append({"row": run.row.name, "seed": run.seed, "params": params, "MFLOPs/example": flops / 1e6,
+                      "steps": t.steps, "batch": d.batch_size, "tokens/step": d.batch_size * d.inputs_length,
+                      "est. CPU minutes": est / 60, "status": run_status(run), "run_dir": str(run.run_dir)})
+    return pd.DataFrame(lines)
