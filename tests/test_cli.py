@@ -108,3 +108,10 @@ def test_missing_tfds_directory(tmp_path):
                                        "DataConfig.task = 'c4_span_corruption'", "--tfds-data-dir",
                                        str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_data_info_summarises_the_embedded_corpus():
+    result = CliRunner().invoke(main, ["data", "info"])
+    assert result.exit_code == 0, result.output
+    assert "embedded corpus: 4,553 docs (train 4,413 / validation 140)" in result.output
+    assert "sotu 0.2.3" in result.output and "brown 1.9.80" in result.output
