@@ -1,0 +1,634 @@
+"""The paper's claims, judged on our runs.
+
+Inputs are the runner's DataFrames:
+
+- `results`: one row per (row, seed) run, with `final_nlp` (held-out negative log perplexity, nats/token,
+  higher is better; NaN if the run diverged), `diverged_at`, `examples_per_sec`, `params`, and so on;
+- `curves`: long form, one row per evaluation: `row`, `seed`, `step`, `wall_seconds`, `nlp`.
+
+`summarize` reduces `results` to one line per row (mean and sample std over the seeds that did not
+diverge). Each `Claim` turns that summary, plus the curves, into a `Verdict`.
+
+Verdict rule. A claim has a margin and a spread, and its status follows from them:
+
+- "A beats B" (`beats`): margin = mean_A - mean_B, with the sign flipped for lower-is-better metrics, so
+  that a positive margin always favours A. Spread = the larger of the two rows' seed standard deviations
+  (ddof=1).
+  - **reproduced** iff margin > 0 and margin > 2 x spread;
+  - **not reproduced** iff margin < 0 and |margin| > 2 x spread;
+  - **inconclusive** otherwise.
+  - A row with fewer than `MIN_SEEDS` (2) usable seeds makes the claim inconclusive, whatever its
+    margin: one seed has no spread. Seeds that diverged are not usable.
+- `best_of(rows, metric)`: rows[0] beats the best of the other rows, by the rule above. For a
+  time-to-threshold metric, a row that never reaches the threshold is out of the race.
+- `monotonic(rows)`: every consecutive pair must improve in mean, and the last row must beat the first
+  row by the rule above. If the last row is clearly worse than the first, the claim is not reproduced;
+  if only a pair fails, it is inconclusive and the detail names the failing pairs.
+- `matches(a, b)`: reproduced iff |margin| <= 2 x spread. Otherwise it is not reproduced.
+- `diverges(row)` / `stable(row)`: the row diverged in all or in none of its seeds (at least
+  `MIN_SEEDS`). The opposite outcome is "not reproduced", and a mix is "inconclusive". Margin = the
+  fraction of seeds that behave as claimed.
+- `lower_variance(a, b)`: both rows need at least 3 usable seeds. Margin = std_B - std_A, and
+  spread = std_A. Reproduced iff std_B / std_A > 2 (equivalently margin > spread). Not reproduced iff
+  std_A / std_B > 2. Inconclusive otherwise.
+- `speedup(baseline, rows)`: step speedup (paper footnote 9), taken from the seed-mean curves. It is
+  the number of steps the baseline needs to reach its own final mean NLP, divided by the number of
+  steps the row needs to reach that same NLP. Margin = speedup - 1. Spread = the std of the per-seed
+  speedups (seeds paired by number).
+
+A claim whose rows are missing from the results (the runner may run a subset) is inconclusive, with the
+detail "rows missing: ...".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = STATUSES = ("reproduced", "not reproduced", "inconclusive")
+MIN_SEEDS = 2
+MIN_SEEDS_VARIANCE = 3
+
+# The rule in one paragraph, for the report and the CLI.
+VERDICT_RULE = (
+    "For a claim \"A beats B\", margin = mean(A) - mean(B), signed so that positive favours A, and "
+    "spread = the larger of the two rows' seed standard deviations (ddof=1; diverged seeds are excluded).\n"
+    "- **reproduced**: margin > 0 and margin > 2 x spread.\n"
+    "- **not reproduced**: margin < 0 and |margin| > 2 x spread.\n"
+    "- **inconclusive**: anything else, including any row with fewer than 2 usable seeds.\n\n"
+    "The other claim types apply the same rule:\n"
+    "- \"more experts is better\": every consecutive pair must improve, and the last row must beat the "
+    "first.\n"
+    "- \"matches\": |margin| <= 2 x spread.\n"
+    "- \"diverges\" / \"stable\": the row diverged in all / none of at least 2 seeds.\n"
+    "- \"lower variance\": at least 3 seeds per row, and std ratio > 2.\n"
+    "- \"step speedup > 1\": the speedup comes from seed-mean curves; spread = the std of the "
+    "per-seed speedups.\n\n"
+    "A claim whose rows were not run is inconclusive."
+)
+
+
+# ----------------------------------------------------------------------------------------- summaries
+
+
+def _diverged(results: pd.DataFrame) -> pd.Series:
+    """A run diverged if the runner recorded a step for it, or if it has no final quality."""
+    flagged = results["diverged_at"].notna() if "diverged_at" in results else False
+    return results["final_nlp"].isna() | flagged
+
+
+def summarize(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
+              threshold: Optional[float] = None) -> pd.DataFrame:
+    """One line per row (index `row`, in the order of first appearance).
+
+    Columns:
+    - `n_seeds`, `n_ok`, `n_diverged`: runs, usable runs, and diverged runs;
+    - `nlp_mean`, `nlp_std`: over the seeds that did not diverge (ddof=1, NaN for one seed);
+    - `examples_per_sec`, `examples_per_sec_std`: over all seeds;
+    - the row's `table`, `scale`, `params`, `flops_per_example`, `num_experts`, `capacity_factor`,
+      `steps`, `final_step`, `epochs`, and `first_diverged_at`;
+    - `wall_seconds` and `fraction_dropped` (means).
+
+    With `curves` and a `threshold` it adds `threshold`, `n_reached`, `steps_to_threshold_mean/std`
+    and `time_to_threshold_mean/std` (seconds), each over the seeds that reached the threshold.
+    Only `row`, `seed` and `final_nlp` are required; other missing columns are skipped.
+    """
+    df = results.assign(_diverged=_diverged(results))
+    df["_ok_nlp"] = df["final_nlp"].where(~df["_diverged"])
+    g = df.groupby("row", sort=False)
+    out = pd.DataFrame({"n_seeds": g.size()})
+    out["n_diverged"] = g["_diverged"].sum().astype(int)
+    out["n_ok"] = out["n_seeds"] - out["n_diverged"]
+    out["nlp_mean"] = g["_ok_nlp"].mean()
+    out["nlp_std"] = g["_ok_nlp"].std(ddof=1)
+    if "examples_per_sec" in df:
+        out["examples_per_sec"] = g["examples_per_sec"].mean()
+        out["examples_per_sec_std"] = g["examples_per_sec"].std(ddof=1)
+    for col in ("table", "scale", "params", "flops_per_example", "num_experts", "capacity_factor", "steps",
+                "final_step", "epochs"):
+        if col in df:
+            out[col] = g[col].first()
+    for col in ("wall_seconds", "fraction_dropped"):
+        if col in df:
+            out[col] = g[col].mean()
+    if "diverged_at" in df:
+        out["first_diverged_at"] = g["diverged_at"].min()
+    if curves is not None and threshold is not None:
+        out = out.join(_threshold_summary(curves, threshold))
+        out["n_reached"] = out["n_reached"].fillna(0).astype(int)
+        out["threshold"] = threshold
+    out.index.name = "row"
+    return out
+
+
+def _threshold_summary(curves: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    steps = steps_to_threshold(curves, threshold).groupby("row", sort=False)["steps_to_threshold"]
+    secs = time_to_threshold(curves, threshold).groupby("row", sort=False)["time_to_threshold"]
+    return pd.DataFrame({
+        "n_reached": steps.count(),
+        "steps_to_threshold_mean": steps.mean(), "steps_to_threshold_std": steps.std(ddof=1),
+        "time_to_threshold_mean": secs.mean(), "time_to_threshold_std": secs.std(ddof=1),
+    })
+
+
+# ------------------------------------------------------------------------------------------- curves
+
+
+def _first_crossing(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    """The x at which y first reaches `threshold` (y >= threshold), interpolated linearly from the
+    evaluation before it; the first evaluation's x if that one already reaches it; NaN if none does."""
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    hits = np.flatnonzero(y >= threshold)
+    if hits.size == 0:
+        return math.nan
+    i = hits[0]
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    return float(x0 + (threshold - y0) * (x1 - x0) / (y1 - y0))
+
+
+def _crossings(curves: pd.DataFrame, threshold: float, x: str, name: str) -> pd.DataFrame:
+    records = []
+    for (row, seed), run in curves.groupby(["row", "seed"], sort=False):
+        run = run.sort_values("step")
+        value = _first_crossing(run[x].to_numpy(float), run["nlp"].to_numpy(float), threshold)
+        records.append({"row": row, "seed": seed, name: value})
+    return pd.DataFrame(records, columns=["row", "seed", name])
+
+
+def steps_to_threshold(curves: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Columns `row`, `seed`, `steps_to_threshold`: the first step at which held-out NLP >= threshold,
+    interpolated linearly between evaluations (NaN if never reached)."""
+    return _crossings(curves, threshold, "step", "steps_to_threshold")
+
+
+def time_to_threshold(curves: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Columns `row`, `seed`, `time_to_threshold`: as `steps_to_threshold`, in wall-clock seconds."""
+    return _crossings(curves, threshold, "wall_seconds", "time_to_threshold")
+
+
+def mean_curve(curves: pd.DataFrame, row: str) -> pd.DataFrame:
+    """The row's curve averaged over seeds at each step: `step`, `wall_seconds`, `nlp`, `nlp_std`, `n`.
+    NaN evaluations (diverged seeds) are left out of the mean."""
+    g = curves[curves["row"] == row].groupby("step", sort=True)
+    out = pd.DataFrame({"wall_seconds": g["wall_seconds"].mean(), "nlp": g["nlp"].mean(),
+                        "nlp_std": g["nlp"].std(ddof=1), "n": g["nlp"].count()})
+    return out.reset_index()
+
+
+class Speedup(NamedTuple):
+    speedup: float  # baseline_x / row_x; NaN if the row never reaches the target
+    target: float  # the baseline's final mean NLP
+    baseline_x: float  # steps (or seconds) the baseline needs to reach the target
+    row_x: float  # the same for the row
+
+
+def _speedup(base: pd.DataFrame, other: pd.DataFrame, x: str) -> Speedup:
+    """Speedup of the curve `other` over `base` (each with columns x and `nlp`), as in footnote 9."""
+    base, other = base.dropna(subset=["nlp"]), other.dropna(subset=["nlp"])
+    if base.empty or other.empty:
+        return Speedup(math.nan, math.nan, math.nan, math.nan)
+    target = float(base["nlp"].iloc[-1])
+    bx = _first_crossing(base[x].to_numpy(float), base["nlp"].to_numpy(float), target)
+    rx = _first_crossing(other[x].to_numpy(float), other["nlp"].to_numpy(float), target)
+    ratio = bx / rx if rx > 0 else math.nan
+    return Speedup(ratio, target, bx, rx)
+
+
+def step_speedup(curves: pd.DataFrame, baseline_row: str, row: str) -> float:
+    """The steps the baseline needs to reach its final seed-mean NLP, divided by the steps `row` needs
+    to reach that NLP (paper footnote 9). NaN if `row` never reaches it."""
+    return _speedup(mean_curve(curves, baseline_row), mean_curve(curves, row), "step").speedup
+
+
+def time_speedup(curves: pd.DataFrame, baseline_row: str, row: str) -> float:
+    """As `step_speedup`, in wall-clock seconds (Figures 5 and 6 right)."""
+    return _speedup(mean_curve(curves, baseline_row), mean_curve(curves, row), "wall_seconds").speedup
+
+
+def _per_seed_speedups(curves: pd.DataFrame, baseline_row: str, row: str, x: str) -> list[float]:
+    """Speedups of seed s of `row` over seed s of the baseline, for the seeds both rows have."""
+    base, other = curves[curves["row"] == baseline_row], curves[curves["row"] == row]
+    seeds = sorted(set(base["seed"]) & set(other["seed"]))
+    return [_speedup(base[base["seed"] == s].sort_values("step"),
+                     other[other["seed"] == s].sort_values("step"), x).speedup for s in seeds]
+
+
+# ------------------------------------------------------------------------------------ claims, verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim_id: str
+    text: str
+    status: str  # one of STATUSES
+    margin: float
+    spread: float
+    detail: str  # the numbers behind the status
+
+
+@dataclass(frozen=True, eq=False)
+class Evidence:
+    """What claims are judged on: the row summary and the curves of one table."""
+
+    summary: pd.DataFrame
+    curves: Optional[pd.DataFrame] = None
+    threshold: Optional[float] = None
+
+    def has(self, row: str) -> bool:
+        return row in self.summary.index
+
+
+class Outcome(NamedTuple):
+    status: str
+    margin: float
+    spread: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper. `rows` are the rows it needs; `check` judges it once they are present."""
+
+    id: str
+    text: str
+    rows: tuple[str, ...]
+    check: Callable[[Evidence], Outcome]
+
+    def evaluate(self, evidence: Evidence) -> Verdict:
+        missing = [r for r in self.rows if not evidence.has(r)]
+        if missing:
+            return Verdict(self.id, self.text, INCONCLUSIVE, math.nan, math.nan, "rows missing: " + ", ".join(missing))
+        return Verdict(self.id, self.text, *self.check(evidence))
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    mean: str  # summary columns
+    std: str
+    count: str  # the summary column that counts the seeds behind the mean
+    higher_is_better: bool
+
+
+METRICS = {
+    "nlp": Metric("NLP", "nlp_mean", "nlp_std", "n_ok", True),
+    "examples_per_sec": Metric("examples/sec", "examples_per_sec", "examples_per_sec_std", "n_seeds", True),
+    "steps_to_threshold": Metric("steps to threshold", "steps_to_threshold_mean", "steps_to_threshold_std",
+                                 "n_reached", False),
+    "time_to_threshold": Metric("seconds to threshold", "time_to_threshold_mean", "time_to_threshold_std",
+                                "n_reached", False),
+}
+
+
+class Stats(NamedTuple):
+    mean: float
+    std: float
+    n: int
+
+
+def _stats(ev: Evidence, row: str, metric: str) -> Stats:
+    m, s = METRICS[metric], ev.summary
+    if m.mean not in s:
+        return Stats(math.nan, math.nan, 0)
+    return Stats(float(s.at[row, m.mean]), float(s.at[row, m.std]), int(s.at[row, m.count]))
+
+
+def num(x: float, like: Optional[float] = None) -> str:
+    """A number at a precision that suits the size of `like` (default: of x itself): NLP to 4 decimals,
+    speeds to 1, steps and seconds from 1000 on to units."""
+    if x is None or math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    size = abs(x if like is None or math.isnan(like) else like)
+    return f"{x:.4f}" if size < 10 else f"{x:.1f}" if size < 1000 else f"{x:.0f}"
+
+
+def _describe(row: str, st: Stats) -> str:
+    return f"{row} {num(st.mean)} ± {num(st.std, like=st.mean)} (n={st.n})"
+
+
+def _spread(*stds: float) -> float:
+    return math.nan if any(math.isnan(s) for s in stds) else max(stds)
+
+
+def _compare(margin: float, spread: float) -> str:
+    if margin > 0 and margin > 2 * spread:
+        return REPRODUCED
+    if margin < 0 and -margin > 2 * spread:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def _few_seeds(named: dict[str, Stats], need: int = MIN_SEEDS) -> str:
+    """'' if every row has enough seeds, else the reason the verdict must be inconclusive."""
+    short = [f"{r} has {st.n}" for r, st in named.items() if st.n < need]
+    return f"more seeds needed (>= {need} usable per row; {', '.join(short)})" if short else ""
+
+
+def _margin_text(margin: float, spread: float) -> str:
+    return f"margin {num(margin)}, 2×spread {num(2 * spread)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def beats(a: str, b: str, metric: str = "nlp", claim_id: Optional[str] = None,
+          text: Optional[str] = None) -> Claim:
+    """Row `a` is better than row `b` on `metric` (a key of METRICS)."""
+    m = METRICS[metric]
+    text = text or f"{a} beats {b} ({m.label})"
+
+    def check(ev: Evidence) -> Outcome:
+        sa, sb = _stats(ev, a, metric), _stats(ev, b, metric)
+        sign = 1 if m.higher_is_better else -1
+        margin, spread = sign * (sa.mean - sb.mean), _spread(sa.std, sb.std)
+        detail = f"{m.label}: {_describe(a, sa)} vs {_describe(b, sb)}; {_margin_text(margin, spread)}"
+        detail += _divergence_note(ev, (a, b)) if metric == "nlp" else ""
+        short = _few_seeds({a: sa, b: sb})
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        return Outcome(_compare(margin, spread), margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, (a, b), check)
+
+
+def _divergence_note(ev: Evidence, rows: Sequence[str]) -> str:
+    notes = [f"{r} diverged in {ev.summary.at[r, 'n_diverged']} of {ev.summary.at[r, 'n_seeds']} seeds"
+             for r in rows if ev.summary.at[r, "n_diverged"] > 0]
+    return "; " + "; ".join(notes) if notes else ""
+
+
+def best_of(rows: Sequence[str], metric: str, claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """`rows[0]` is the best of `rows` on `metric`: it beats the best of the others by the beats rule.
+    For threshold metrics a row that never reaches the threshold is out of the race."""
+    m, rows = METRICS[metric], tuple(rows)
+    winner = rows[0]
+    text = text or f"{winner} is best on {m.label} among {', '.join(rows)}"
+
+    def check(ev: Evidence) -> Outcome:
+        if m.mean not in ev.summary:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, f"no {m.label} (curves or threshold missing)")
+        stats = {r: _stats(ev, r, metric) for r in rows}
+        threshold = f"threshold NLP {num(ev.threshold)}; " if ev.threshold is not None else ""
+        detail = threshold + "; ".join(_describe(r, st) for r, st in stats.items())
+        sign = 1 if m.higher_is_better else -1
+        rivals = {r: st for r, st in stats.items() if r != winner and not math.isnan(st.mean)}
+        best = stats[winner]
+        if math.isnan(best.mean):
+            status = NOT_REPRODUCED if rivals else INCONCLUSIVE
+            return Outcome(status, math.nan, math.nan, f"{detail}; {winner} has no value (e.g. never reached)")
+        if not rivals:  # only the winner has a value, e.g. the only row to reach the threshold
+            short = _few_seeds({winner: best})
+            return Outcome(INCONCLUSIVE if short else REPRODUCED, math.inf, best.std,
+                           f"{detail}; only {winner} has a value" + (f"; {short}" if short else ""))
+        rival = max(rivals, key=lambda r: sign * rivals[r].mean)
+        margin, spread = sign * (best.mean - rivals[rival].mean), _spread(best.std, rivals[rival].std)
+        detail += f"; vs runner-up {rival}: {_margin_text(margin, spread)}"
+        short = _few_seeds({winner: best, rival: rivals[rival]})
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        return Outcome(_compare(margin, spread), margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, rows, check)
+
+
+def monotonic(rows_in_order: Sequence[str], metric: str = "nlp", claim_id: Optional[str] = None,
+              text: Optional[str] = None, available_only: bool = True) -> Claim:
+    """Quality improves along `rows_in_order` (e.g. more experts). With `available_only`, rows that were
+    not run are skipped (at least two are needed); otherwise they make the claim inconclusive."""
+    m, rows = METRICS[metric], tuple(rows_in_order)
+    text = text or f"{m.label} improves along {' < '.join(rows)}"
+
+    def check(ev: Evidence) -> Outcome:
+        present = [r for r in rows if ev.has(r)]
+        skipped = [r for r in rows if not ev.has(r)]
+        if len(present) < 2:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, f"rows missing: {', '.join(skipped)} (need two)")
+        stats = {r: _stats(ev, r, metric) for r in present}
+        sign = 1 if m.higher_is_better else -1
+        pairs = list(itertools.pairwise(present))
+        failing = [f"{x} → {y} ({num(sign * (stats[y].mean - stats[x].mean))})" for x, y in pairs
+                   if not sign * (stats[y].mean - stats[x].mean) > 0]
+        first, last = stats[present[0]], stats[present[-1]]
+        margin, spread = sign * (last.mean - first.mean), _spread(first.std, last.std)
+        detail = "; ".join(_describe(r, st) for r, st in stats.items())
+        detail += f"; {present[-1]} vs {present[0]}: {_margin_text(margin, spread)}"
+        detail += f"; failing pairs: {', '.join(failing)}" if failing else "; every consecutive pair improves"
+        detail += f"; not run: {', '.join(skipped)}" if skipped else ""
+        short = _few_seeds(stats)
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        status = _compare(margin, spread)
+        if status == REPRODUCED and failing:
+            status = INCONCLUSIVE
+        return Outcome(status, margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, () if available_only else rows, check)
+
+
+def matches(a: str, b: str, metric: str = "nlp", claim_id: Optional[str] = None,
+            text: Optional[str] = None) -> Claim:
+    """Rows `a` and `b` are equal on `metric` within the seed noise: |margin| <= 2 x spread."""
+    m = METRICS[metric]
+    text = text or f"{a} matches {b} ({m.label})"
+
+    def check(ev: Evidence) -> Outcome:
+        sa, sb = _stats(ev, a, metric), _stats(ev, b, metric)
+        margin, spread = sa.mean - sb.mean, _spread(sa.std, sb.std)
+        detail = f"{m.label}: {_describe(a, sa)} vs {_describe(b, sb)}; {_margin_text(margin, spread)}"
+        short = _few_seeds({a: sa, b: sb})
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        return Outcome(REPRODUCED if abs(margin) <= 2 * spread else NOT_REPRODUCED, margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, (a, b), check)
+
+
+def _divergence_claim(row: str, expect_diverged: bool, claim_id: Optional[str], text: str) -> Claim:
+    def check(ev: Evidence) -> Outcome:
+        n, k = int(ev.summary.at[row, "n_seeds"]), int(ev.summary.at[row, "n_diverged"])
+        detail = f"{row} diverged in {k} of {n} seeds"
+        first = ev.summary.at[row, "first_diverged_at"] if "first_diverged_at" in ev.summary else math.nan
+        detail += f" (first at step {float(first):.0f})" if k and not math.isnan(first) else ""
+        as_claimed = k if expect_diverged else n - k
+        margin = as_claimed / n
+        if n < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, margin, math.nan, f"{detail}; more seeds needed (>= {MIN_SEEDS})")
+        status = REPRODUCED if as_claimed == n else NOT_REPRODUCED if as_claimed == 0 else INCONCLUSIVE
+        return Outcome(status, margin, math.nan, detail)
+
+    return Claim(claim_id or _slug(text), text, (row,), check)
+
+
+def diverges(row: str, claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """The row diverged in every seed."""
+    return _divergence_claim(row, True, claim_id, text or f"{row} diverges")
+
+
+def stable(row: str, claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """The row diverged in no seed."""
+    return _divergence_claim(row, False, claim_id, text or f"{row} is stable")
+
+
+def lower_variance(a: str, b: str, claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """Row `a` has a lower seed-to-seed std of NLP than row `b`, by more than a factor of 2."""
+    text = text or f"{a} has lower seed-to-seed variance than {b}"
+
+    def check(ev: Evidence) -> Outcome:
+        sa, sb = _stats(ev, a, "nlp"), _stats(ev, b, "nlp")
+        margin, spread = sb.std - sa.std, sa.std
+        ratio = sb.std / sa.std if sa.std > 0 else (math.inf if sb.std > 0 else math.nan)
+        detail = f"NLP std: {a} {num(sa.std)} (n={sa.n}) vs {b} {num(sb.std)} (n={sb.n}); ratio {num(ratio)}"
+        short = _few_seeds({a: sa, b: sb}, MIN_SEEDS_VARIANCE)
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        reverse = sa.std / sb.std if sb.std > 0 else (math.inf if sa.std > 0 else math.nan)
+        status = REPRODUCED if ratio > 2 else NOT_REPRODUCED if reverse > 2 else INCONCLUSIVE
+        return Outcome(status, margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, (a, b), check)
+
+
+def speedup(baseline: str, candidates: Sequence[str], basis: str = "step", min_speedup: float = 1.0,
+            claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """The first of `candidates` that was run reaches the baseline's final mean NLP more than
+    `min_speedup` times sooner (basis "step" or "time"); margin = speedup - min_speedup."""
+    x = {"step": "step", "time": "wall_seconds"}[basis]
+    candidates = tuple(candidates)
+    text = text or f"{candidates[0]} {basis} speedup over {baseline} > {num(min_speedup)}"
+
+    def check(ev: Evidence) -> Outcome:
+        curves = ev.curves if ev.curves is not None else pd.DataFrame(columns=["row"])
+        row = next((r for r in candidates if ev.has(r) and (curves["row"] == r).any()), None)
+        if row is None or not (curves["row"] == baseline).any():
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, f"rows missing from curves: {baseline} or any of "
+                           + ", ".join(candidates))
+        sp = _speedup(mean_curve(curves, baseline), mean_curve(curves, row), x)
+        per_seed = [s for s in _per_seed_speedups(curves, baseline, row, x) if not math.isnan(s)]
+        spread = float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
+        margin = sp.speedup - min_speedup
+        using = "" if row == candidates[0] else f" (using {row}, the largest available)"
+        unit = "step" if basis == "step" else "second"
+        detail = (f"{row} reaches {baseline}'s final mean NLP {num(sp.target)} at {unit} {num(sp.row_x)} vs "
+                  f"{num(sp.baseline_x)}: {sp.speedup:.2f}x{using}; per-seed speedups "
+                  f"[{', '.join(f'{s:.2f}' for s in per_seed)}]; {_margin_text(margin, spread)}")
+        if math.isnan(sp.speedup):
+            detail = f"{row} never reaches {baseline}'s final mean NLP {num(sp.target)}{using}"
+        if len(per_seed) < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} paired)")
+        if math.isnan(sp.speedup):
+            return Outcome(NOT_REPRODUCED, margin, spread, detail)
+        return Outcome(_compare(margin, spread), margin, spread, detail)
+
+    return Claim(claim_id or _slug(text), text, (baseline,), check)
+
+
+# ------------------------------------------------------------------------------------ the paper's claims
+
+TABLE1_SPARSE = ("Switch-Base cf1.0", "MoE-Base cf2.0", "Switch-Base cf2.0", "MoE-Base cf1.25", "Switch-Base cf1.25",
+                 "MoE-Base cf1.0", "Switch-Base+ cf1.0")
+SCALING_EXPERTS = ("Switch 2e", "Switch 4e", "Switch 8e", "Switch 16e", "Switch 32e", "Switch 64e", "Switch 128e")
+
+# Rows whose runs set the default time-to-quality threshold (see default_threshold).
+THRESHOLD_ROWS = {"table1": TABLE1_SPARSE}
+
+TABLE_CLAIMS: dict[str, list[Claim]] = {
+    "table1": [
+        beats("Switch-Base cf1.25", "T5-Base", claim_id="t1-switch-cf1.25-beats-dense",
+              text="Switch-Base cf1.25 beats the FLOP-matched dense T5-Base"),
+        beats("Switch-Base cf1.0", "T5-Base", claim_id="t1-switch-cf1.0-beats-dense",
+              text="Switch-Base cf1.0 beats the FLOP-matched dense T5-Base"),
+        beats("Switch-Base cf1.0", "MoE-Base cf1.0", claim_id="t1-switch-beats-moe-cf1.0",
+              text="Switch beats top-2 MoE at capacity factor 1.0"),
+        beats("Switch-Base cf1.25", "MoE-Base cf1.25", claim_id="t1-switch-beats-moe-cf1.25",
+              text="Switch beats top-2 MoE at capacity factor 1.25"),
+        beats("Switch-Base cf1.0", "MoE-Base cf1.0", metric="examples_per_sec", claim_id="t1-switch-faster-moe-cf1.0",
+              text="Switch is faster than top-2 MoE at capacity factor 1.0"),
+        best_of(TABLE1_SPARSE, "time_to_threshold", claim_id="t1-switch-cf1.0-fastest-to-threshold",
+                text="Switch-Base cf1.0 reaches the quality threshold fastest among the sparse models"),
+        beats("Switch-Base+ cf1.0", "MoE-Base cf2.0", claim_id="t1-switch-plus-beats-best-moe",
+              text="Switch-Base+ (speed-matched to MoE) beats the best MoE (cf2.0)"),
+    ],
+    "table2": [
+        diverges("bfloat16", claim_id="t2-bfloat16-diverges", text="A bfloat16 router diverges"),
+        stable("selective", claim_id="t2-selective-stable", text="Selective precision (float32 router) is stable"),
+        matches("selective", "float32", claim_id="t2-selective-matches-float32",
+                text="Selective precision matches float32 quality"),
+        beats("selective", "float32", metric="examples_per_sec", claim_id="t2-selective-faster-float32",
+              text="Selective precision is faster than float32"),
+    ],
+    "table3": [
+        beats("init 0.1", "init 1.0", claim_id="t3-small-init-beats",
+              text="0.1x initialization gives better quality than 1.0x"),
+        lower_variance("init 0.1", "init 1.0", claim_id="t3-small-init-lower-variance",
+                       text="0.1x initialization lowers the seed-to-seed variance"),
+    ],
+    "table11": [
+        beats("input_jitter", other, claim_id=f"t11-jitter-beats-{other.replace('_', '-')}",
+              text=f"Input jitter beats {other.replace('_', ' ')}")
+        for other in ("argmax", "sample_softmax", "input_dropout")
+    ],
+    "scaling": [
+        *[beats(row, "T5-Base", claim_id=f"scaling-{row.split()[-1]}-beats-dense",
+                text=f"{row} beats the FLOP-matched dense T5-Base at equal steps")
+          for row in SCALING_EXPERTS[:6]],
+        monotonic(("T5-Base", *SCALING_EXPERTS), claim_id="scaling-more-experts-better",
+                  text="More experts give better quality at equal steps"),
+        speedup("T5-Base", ("Switch 64e", "Switch 128e", *reversed(SCALING_EXPERTS[:5])),
+                claim_id="scaling-64e-step-speedup", text="Switch 64e step speedup over T5-Base > 1"),
+        beats("Switch 64e", "T5-Large", claim_id="scaling-64e-beats-larger-dense",
+              text="Switch 64e beats the larger dense T5-Large at equal steps (Figure 6 left)"),
+    ],
+}
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _for_table(df: Optional[pd.DataFrame], table: str) -> Optional[pd.DataFrame]:
+    if df is None or "table" not in df:
+        return df
+    return df[df["table"] == table]
+
+
+def default_threshold(table: str, curves: Optional[pd.DataFrame]) -> Optional[float]:
+    """The quality threshold that every run of the table's THRESHOLD_ROWS reaches: the lowest best
+    evaluated NLP among those runs. The paper's -1.50 is meaningless at a small scale."""
+    rows = THRESHOLD_ROWS.get(table)
+    if not rows or curves is None or curves.empty:
+        return None
+    best = curves[curves["row"].isin(rows)].groupby(["row", "seed"])["nlp"].max().dropna()
+    return float(best.min()) if len(best) else None
+
+
+def table_summary(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
+                  threshold: Optional[float] = None) -> pd.DataFrame:
+    """`summarize` for one table, with threshold columns at `threshold` or the table's default."""
+    results, curves = _for_table(results, table), _for_table(curves, table)
+    threshold = threshold if threshold is not None else default_threshold(table, curves)
+    return summarize(results, curves, threshold)
+
+
+def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
+                    threshold: Optional[float] = None, claims: Optional[Sequence[Claim]] = None) -> list[Verdict]:
+    """A verdict for each claim of `table` (TABLE_CLAIMS, or `claims`), from that table's runs."""
+    summary = table_summary(table, results, curves, threshold)
+    threshold = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None
+    evidence = Evidence(summary, _for_table(curves, table), threshold)
+    return [claim.evaluate(evidence) for claim in (claims if claims is not None else TABLE_CLAIMS[table])]
+
+
+def count_statuses(verdicts: Sequence[Verdict]) -> dict[str, int]:
+    """{status: count} over STATUSES, in that order."""
+    return {s: sum(v.status == s for v in verdicts) for s in STATUSES}

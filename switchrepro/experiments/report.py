@@ -1,0 +1,327 @@
+"""Our tables beside the paper's, for the console (`format_console`) and for REPORT.md (`write_report`).
+
+Our cells read "mean ± std (n=k)" over the seeds that did not diverge (see `claims.summarize`). The paper's
+cells come from `experiments/paper/*.csv`, shown at the precision the paper prints. A row that we did not
+run reads "not run"; a cell the paper leaves empty reads "—".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from switchrepro.experiments import claims as C
+from switchrepro.experiments.paper import PAPER_THRESHOLD, TABLES, TITLES, load_paper_table
+
+DASH = "—"
+NOT_RUN = "not run"
+
+
+class TableReport(NamedTuple):
+    """Everything the report shows for one table. A plain 6-tuple in this order works too."""
+
+    results: pd.DataFrame
+    curves: Optional[pd.DataFrame]
+    loads: Optional[Mapping[str, Mapping[str, Sequence[float]]]]
+    verdicts: Sequence[C.Verdict]
+    plots: Sequence[Path]
+    # command, wall_seconds, scale, seeds, steps, tokens_per_step, epochs, threshold; optional `notes` (text
+    # shown under the table) and `explanations` ({claim id: why it does not reproduce}).
+    meta: Mapping[str, object]
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+
+def _isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    if _isnan(mean):
+        return DASH
+    text = f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if n >= 2 and not _isnan(std) else "")
+
+
+def _ours_nlp(s: pd.Series) -> str:
+    """'-2.7213 ± 0.0100 (n=3)', with divergences noted."""
+    n, ok, k = int(s["n_seeds"]), int(s["n_ok"]), int(s["n_diverged"])
+    if ok == 0:
+        first = s.get("first_diverged_at", math.nan)
+        at = f", first at step {first:.0f}" if not _isnan(first) else ""
+        return f"diverged ({k}/{n}{at})"
+    extra = f", {k} diverged" if k else ""
+    return f"{_mean_std(s['nlp_mean'], s['nlp_std'], ok, 4)} (n={ok}{extra})"
+
+
+def _ours_threshold(s: pd.Series, metric: str, digits: int) -> str:
+    if "n_reached" not in s:
+        return DASH
+    reached, n = int(s["n_reached"]), int(s["n_seeds"])
+    if reached == 0:
+        return "not reached"
+    text = _mean_std(s[f"{metric}_mean"], s[f"{metric}_std"], reached, digits)
+    return text + (f" ({reached}/{n} reached)" if reached < n else "")
+
+
+def _ours_speed(s: pd.Series) -> str:
+    if "examples_per_sec" not in s:
+        return DASH
+    return _mean_std(s["examples_per_sec"], s.get("examples_per_sec_std", math.nan), int(s["n_seeds"]), 1)
+
+
+def _human(n: float) -> str:
+    if _isnan(n):
+        return DASH
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _paper(p: Optional[pd.Series], col: str, digits: int = 3) -> str:
+    """A paper cell at the paper's precision; DASH where the paper gives no number."""
+    if p is None or col not in p.index or pd.isna(p[col]):
+        return DASH
+    value = p[col]
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    return value if isinstance(value, str) else f"{value:.{digits}f}"
+
+
+def _paper_hours(s: Optional[pd.Series], p: Optional[pd.Series]) -> str:
+    """Table 1's hours to the paper's threshold, or its note ("Not achieved")."""
+    if p is not None and pd.isna(p["time_to_threshold_hours"]):
+        return _paper(p, "time_to_threshold_note")
+    return _paper(p, "time_to_threshold_hours", 1)
+
+
+Cell = Callable[[Optional[pd.Series], Optional[pd.Series]], str]  # (our summary line, paper line) -> text
+
+
+def _ours(fn: Callable[[pd.Series], str]) -> Cell:
+    return lambda s, p: NOT_RUN if s is None else fn(s)
+
+
+def _columns(table: str, summary: pd.DataFrame, speedups: Mapping[str, float]) -> list[tuple[str, Cell]]:
+    """The paper's layout for `table`: (header, cell) pairs, ours beside the paper's."""
+    digits = 2 if table == "table3" else 3  # as printed in the paper
+    nlp = [("ours: NLP", _ours(_ours_nlp)), ("paper: NLP", lambda s, p: _paper(p, "nlp", digits))]
+    speed = [("ours: examples/sec", _ours(_ours_speed)),
+             ("paper: examples/sec", lambda s, p: _paper(p, "examples_per_sec", 0))]
+    if table == "table1":
+        thr = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else math.nan
+        at = f"{thr:.4f}" if not _isnan(thr) else "threshold"
+        return [
+            ("capacity factor", lambda s, p: _paper(p, "capacity_factor", 2)),
+            *nlp,
+            (f"ours: steps to {at}", _ours(lambda s: _ours_threshold(s, "steps_to_threshold", 0))),
+            (f"ours: seconds to {at}", _ours(lambda s: _ours_threshold(s, "time_to_threshold", 1))),
+            (f"paper: hours to {PAPER_THRESHOLD:.2f}", _paper_hours),
+            *speed,
+        ]
+    if table == "table2":
+        return [
+            *nlp,
+            ("ours: diverged", _ours(lambda s: f"{int(s['n_diverged'])}/{int(s['n_seeds'])}")),
+            ("paper: diverged", lambda s, p: _paper(p, "diverged")),
+            *speed,
+        ]
+    if table == "table3":
+        return [
+            ("ours: mean NLP", _ours(lambda s: f"{s['nlp_mean']:.4f}" if s["n_ok"] else _ours_nlp(s))),
+            ("paper: mean NLP", lambda s, p: _paper(p, "nlp", 2)),
+            ("ours: std", _ours(lambda s: f"{s['nlp_std']:.4f}" if s["n_ok"] >= 2 else DASH)),
+            ("paper: std", lambda s, p: _paper(p, "nlp_std", 2)),
+            ("ours: seeds (diverged)", _ours(lambda s: f"{int(s['n_seeds'])} ({int(s['n_diverged'])})")),
+        ]
+    if table == "scaling":
+        return [
+            ("ours: params", _ours(lambda s: _human(s.get("params", math.nan)))),
+            ("paper: params", lambda s, p: _paper(p, "params_label")),
+            *nlp,
+            ("ours: step speedup vs T5-Base", lambda s, p: DASH if s is None or _isnan(speedups.get(s.name))
+             else f"{speedups[s.name]:.2f}x"),
+            ("paper: step speedup vs T5-Base", lambda s, p: _paper(p, "step_speedup_vs_t5_base", 1)),
+            ("ours: examples/sec", _ours(_ours_speed)),
+        ]
+    return nlp  # table11 and anything else: quality only
+
+
+def _cells(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+           curves: Optional[pd.DataFrame]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: the paper's rows in the paper's order, then any rows only we have."""
+    paper_rows = list(paper_df.index) if paper_df is not None else []
+    rows = paper_rows + [r for r in summary.index if r not in paper_rows]
+    speedups = {}
+    if table == "scaling" and curves is not None and (curves["row"] == "T5-Base").any():
+        speedups = {r: C.step_speedup(curves, "T5-Base", r) for r in summary.index if r != "T5-Base"}
+    columns = _columns(table, summary, speedups)
+    body = []
+    for row in rows:
+        s = summary.loc[row] if row in summary.index else None
+        p = paper_df.loc[row] if paper_df is not None and row in paper_df.index else None
+        body.append([row] + [cell(s, p) for _, cell in columns])
+    return ["row"] + [h for h, _ in columns], body
+
+
+def table_markdown(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+                   curves: Optional[pd.DataFrame] = None) -> str:
+    """The table in the paper's layout with our values beside the paper's, as a markdown table.
+    `summary` comes from `claims.table_summary` (threshold columns give table1's steps/time to threshold);
+    `curves` adds our step speedups to the scaling table."""
+    header, body = _cells(table, summary, paper_df, curves)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def format_console(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+                   verdicts: Sequence[C.Verdict], curves: Optional[pd.DataFrame] = None) -> str:
+    """Plain text for the CLI: the table beside the paper's, then one line per verdict."""
+    header, body = _cells(table, summary, paper_df, curves)
+    out = [f"{table}: {TITLES.get(table, table)}", _plain_table(header, body), "", "Verdicts:"]
+    for v in verdicts:
+        out.append(f"  [{v.status:>14}] {v.text}")
+        out.append(f"      margin {C.num(v.margin)}, spread {C.num(v.spread)}: {v.detail}")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- REPORT.md
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _listing(values) -> str:
+    values = [v for v in values if not _isnan(v)]
+    unique = list(dict.fromkeys(int(v) if float(v).is_integer() else v for v in values))
+    return ", ".join(str(v) for v in unique) if unique else DASH
+
+
+def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The run's facts: from `meta` where given, else from the results."""
+    wall = meta.get("wall_seconds")
+    if wall is None and "wall_seconds" in results:
+        wall_text = f"{_duration(results['wall_seconds'].sum())} (sum over runs)"
+    else:
+        wall_text = _duration(float(wall)) if wall is not None else DASH
+    threshold = meta.get("threshold", summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None)
+    facts = [
+        ("Command", f"`{meta['command']}`" if meta.get("command") else DASH),
+        ("Wall time", wall_text),
+        ("Scale", meta.get("scale") or (", ".join(dict.fromkeys(results["scale"].astype(str))) if "scale" in results
+                                        else DASH)),
+        ("Seeds", meta.get("seeds") or _listing(results["seed"])),
+        ("Steps", meta.get("steps") or (_listing(results["steps"]) if "steps" in results else DASH)),
+        ("Tokens per step", meta.get("tokens_per_step") or DASH),
+        ("Epochs", meta.get("epochs") or (f"{results['epochs'].max():.3g} (max over runs)" if "epochs" in results
+                                          else DASH)),
+    ]
+    if threshold is not None and not _isnan(threshold):
+        facts.append(("Quality threshold (NLP)", f"{float(threshold):.4f}"))
+    known = {"command", "wall_seconds", "scale", "seeds", "steps", "tokens_per_step", "epochs", "threshold", "notes",
+             "explanations"}
+    facts += [(k, v) for k, v in meta.items() if k not in known]
+    return [f"- {k}: {v}" for k, v in facts]
+
+
+def _verdict_table(verdicts: Sequence[C.Verdict]) -> str:
+    lines = ["| Status | Claim | Margin | Spread | Detail |", "|---|---|---|---|---|"]
+    lines += [f"| **{v.status}** | {v.text} | {C.num(v.margin)} | {C.num(v.spread)} | {v.detail} |"
+              for v in verdicts]
+    return "\n".join(lines) + "\n"
+
+
+def _image_links(plots: Sequence[Path], base: Path) -> list[str]:
+    """Markdown images for the PNGs, each with a link to its SVG when there is one."""
+    links = []
+    names = {Path(p).name for p in plots}
+    for p in plots:
+        p = Path(p)
+        if p.suffix != ".png":
+            continue
+        rel = Path(os.path.relpath(p, base)).as_posix()
+        svg = f" ([SVG]({rel[:-4]}.svg))" if f"{p.stem}.svg" in names else ""
+        links.append(f"![{p.stem}]({rel}){svg}")
+    return links
+
+
+def _why(v: C.Verdict) -> str:
+    """A one-line reason for a verdict that is not "reproduced"."""
+    if v.detail.startswith("rows missing"):
+        return "the rows it needs were not run"
+    if "more seeds needed" in v.detail:
+        return "too few usable seeds to measure a spread"
+    if v.status == C.NOT_REPRODUCED:
+        return "the result goes against the paper by more than twice the seed spread"
+    if "failing pairs" in v.detail:
+        return "at least one consecutive pair does not improve, or the end-to-end margin is within the noise"
+    return "the margin is within twice the seed spread (or the evidence is mixed)"
+
+
+def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path) -> Path:
+    """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
+    plots (relative links) and run facts, and finally what does not reproduce and why."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tables = {name: TableReport(*value) for name, value in tables.items()}
+    order = [t for t in TABLES if t in tables] + [t for t in tables if t not in TABLES]
+
+    lines = [f"# Switch Transformer reproduction: {scale} scale", "",
+             "This report sets our runs of the paper's pre-training experiments beside the published numbers "
+             "(Fedus, Zoph and Shazeer, *Switch Transformers*, JMLR 2022; the published numbers are in "
+             "`experiments/paper/`). Columns marked \"ours\" come from this reproduction, and columns marked "
+             "\"paper\" are the published numbers. NLP is held-out negative log perplexity in nats per token "
+             "(higher is better).", "",
+             "## Verdict summary", "",
+             "| Experiment | " + " | ".join(C.STATUSES) + " |", "|---|" + "---|" * len(C.STATUSES)]
+    totals = dict.fromkeys(C.STATUSES, 0)
+    for name in order:
+        counts = C.count_statuses(tables[name].verdicts)
+        totals = {s: totals[s] + counts[s] for s in C.STATUSES}
+        lines.append(f"| {name} | " + " | ".join(str(counts[s]) for s in C.STATUSES) + " |")
+    lines += ["| **all** | " + " | ".join(f"**{totals[s]}**" for s in C.STATUSES) + " |", ""]
+    lines += [f"- {name}: **{v.status}**: {v.text}" for name in order for v in tables[name].verdicts]
+    lines += ["", "## How verdicts are decided", "", C.VERDICT_RULE, ""]
+
+    for name in order:
+        t = tables[name]
+        summary = C.table_summary(name, t.results, t.curves, t.meta.get("threshold"))
+        paper_df = load_paper_table(name) if name in TABLES else None
+        curves = t.curves[t.curves["table"] == name] if t.curves is not None and "table" in t.curves else t.curves
+        lines += [f"## {name}: {TITLES.get(name, name)}", "", *_meta_lines(t.meta, t.results, summary), ""]
+        if t.meta.get("notes"):
+            lines += [str(t.meta["notes"]), ""]
+        lines += [table_markdown(name, summary, paper_df, curves), "### Verdicts", "", _verdict_table(t.verdicts)]
+        images = _image_links(t.plots, out_path.parent)
+        lines += ["### Plots", "", *(f"{img}\n" for img in images)] if images else []
+
+    lines += ["## What does not reproduce and why", ""]
+    # Claims that go against the paper first, then the undecided ones.
+    failed = [(name, v) for status in (C.NOT_REPRODUCED, C.INCONCLUSIVE) for name in order
+              for v in tables[name].verdicts if v.status == status]
+    if not failed:
+        lines.append("Every claim tested here reproduces.")
+    for name, v in failed:
+        explained = tables[name].meta.get("explanations") or {}
+        why = explained.get(v.claim_id, _why(v))
+        lines.append(f"- **{name}, {v.status}**: {v.text}. {v.detail}. Why: {why}.")
+    out_path.write_text("\n".join(lines).rstrip() + "\n")
+    return out_path

@@ -1,0 +1,1 @@
+"""Figures of the reproduction (matplotlib, Agg only)."""
