@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench smoke reproduce table1 table2 table3 table11 scaling clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,23 @@ lint:
 
 bench:
 	$(BIN)/switchrepro bench moe
+
+TABLES := table1 table2 table3 table11 scaling
+
+# Every table at smoke scale (seconds per row): the whole run -> collect -> plot -> report path.
+smoke:
+	for t in $(TABLES); do $(BIN)/switchrepro run $$t --scale smoke || exit 1; done
+	$(BIN)/switchrepro report --scale smoke
+
+# One table at mini scale (the CPU reproduction); resumable: rerun after an interruption.
+$(TABLES):
+	$(BIN)/switchrepro run $@ --scale mini
+	$(BIN)/switchrepro plot $@ --scale mini
+
+# Every table at mini scale, then the report. Hours on 2 cores; stopping and rerunning is safe.
+reproduce:
+	for t in $(TABLES); do $(BIN)/switchrepro run $$t --scale mini || exit 1; done
+	$(BIN)/switchrepro report --scale mini
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

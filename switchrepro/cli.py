@@ -341,10 +341,76 @@ def _print_table(spec, scale, results, curves):
 
     if results.empty:
         return
-    summary = claims.summarize(results)
     threshold = (spec.threshold or {}).get(scale)
+    summary = claims.table_summary(spec.name, results, curves, threshold)
     verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold)
-    click.echo(report.format_console(spec.name, summary, paper.load(spec.name), verdicts))
+    click.echo(report.format_console(spec.name, summary, paper.load_paper_table(spec.name), verdicts, curves=curves))
+
+
+def _load_table(table, scale, results_dir):
+    from switchrepro.experiments import runner
+
+    saved = runner.load_saved(results_dir, scale, table)
+    if saved is None:
+        raise UserError(f"no results for {table} at scale {scale} in {results_dir}: run "
+                        f"`switchrepro run {table} --scale {scale}` first")
+    return saved
+
+
+PLOT_ALIASES = {"scaling": "scaling", "speed-quality": "table1"}
+
+
+@main.command()
+@click.argument("what")
+@click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+def plot(what, scale, results_dir):
+    """Draw WHAT (scaling, speed-quality, or a table name) as PNG and SVG under results/<scale>/plots/."""
+    from switchrepro.plots import figures
+
+    table = PLOT_ALIASES.get(what, what)
+    spec = parse_table(table)
+    results, curves, loads, _ = _load_table(table, scale, results_dir)
+    out_dir = results_dir / scale / "plots"
+    threshold = (spec.threshold or {}).get(scale)
+    if what == "speed-quality":
+        from switchrepro.experiments import claims
+
+        paths = figures.speed_quality(claims.table_summary(table, results, curves, threshold), out_dir,
+                                      prefix=table, scale=scale)
+    else:
+        paths = figures.plot_table(table, results, curves, loads, out_dir, threshold=threshold)
+    for p in paths:
+        click.echo(str(p))
+
+
+@main.command()
+@click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+def report(scale, results_dir):
+    """Write results/<scale>/REPORT.md: every table that has results, with verdicts and plots."""
+    from switchrepro.experiments import claims, runner
+    from switchrepro.experiments import report as R
+    from switchrepro.plots import figures
+
+    tables = {}
+    for table in ("table1", "table2", "table3", "table11", "scaling"):
+        saved = runner.load_saved(results_dir, scale, table)
+        if saved is None:
+            continue
+        results, curves, loads, meta = saved
+        spec = parse_table(table)
+        threshold = (spec.threshold or {}).get(scale)
+        verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold)
+        plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold)
+        meta = {**meta, "threshold": threshold, "wall_seconds": meta.get("train_seconds_total")}
+        tables[table] = R.TableReport(results, curves, loads, verdicts, plots, meta)
+    if not tables:
+        raise UserError(f"no results at scale {scale} in {results_dir}: run `switchrepro run TABLE --scale {scale}`")
+    path = R.write_report(scale, tables, results_dir / scale / "REPORT.md")
+    click.echo(f"wrote {path} ({', '.join(tables)})")
 
 
 @main.group()

@@ -184,3 +184,16 @@ def dry_run_table(runs: Sequence[PlannedRun]) -> pd.DataFrame:
                       "steps": t.steps, "batch": d.batch_size, "tokens/step": d.batch_size * d.inputs_length,
                       "est. CPU minutes": est / 60, "status": run_status(run), "run_dir": str(run.run_dir)})
     return pd.DataFrame(lines)
+
+
+def load_saved(results_dir: Path, scale: str, table: str):
+    """(results, curves, loads, meta) as `save` wrote them, or None if the table has not been run."""
+    out = Path(results_dir) / scale
+    if not (out / f"{table}.csv").exists():
+        return None
+    results = pd.read_csv(out / f"{table}.csv")
+    curves_path = out / f"{table}_curves.csv"
+    curves = pd.read_csv(curves_path) if curves_path.exists() and curves_path.stat().st_size > 1 else pd.DataFrame()
+    loads = json.loads((out / f"{table}_loads.json").read_text()) if (out / f"{table}_loads.json").exists() else {}
+    meta = json.loads((out / f"{table}_meta.json").read_text()) if (out / f"{table}_meta.json").exists() else {}
+    return results, curves, loads, meta

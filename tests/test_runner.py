@@ -1,0 +1,111 @@
+"""`switchrepro run/plot/report` at smoke scale: the run -> collect -> plot path, resume, divergence."""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from switchrepro.cli import main, parse_config, parse_table
+from switchrepro.experiments import runner
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, cache_root):
+    root = tmp_path_factory.mktemp("tables")
+    return {"results": root / "results", "runs": root / "runs", "cache": cache_root}
+
+
+def _run(dirs, *args, env=None):
+    cmd = ["run", *args, "--scale", "smoke", "--seeds", "1", "--results-dir", str(dirs["results"]),
+           "--runs-dir", str(dirs["runs"]), "--gin", f"DataConfig.cache_dir = '{dirs['cache']}'"]
+    result = CliRunner(env=env or {}).invoke(main, cmd)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_every_table_parses_and_plans():
+    for table in ("table1", "table2", "table3", "table11", "scaling"):
+        spec = parse_table(table)
+        for scale in ("smoke", "mini", "paper"):
+            runs = runner.plan(spec, scale, parse_config, runner_dir := __import__("pathlib").Path("/nonexistent"))
+            assert len(runs) == len(spec.rows) * spec.seeds[scale]
+            assert len({r.config_hash for r in runs}) == len(runs)  # every (row, seed) is its own run
+            assert all(str(r.run_dir).startswith(str(runner_dir)) for r in runs)
+
+
+def test_table1_rows_configure_what_they_say():
+    spec = parse_table("table1")
+    runs = {r.row.name: r.config for r in runner.plan(spec, "mini", parse_config, __import__("pathlib").Path("x"),
+                                                      seeds=1)}
+    assert runs["T5-Base"].model.moe is None
+    assert runs["MoE-Base cf1.25"].model.moe.router == "top2"
+    assert runs["MoE-Base cf1.25"].model.moe.capacity_factor_train == 1.25
+    assert runs["Switch-Base cf1.0"].model.moe.router == "switch"
+    assert runs["Switch-Base cf1.0"].model.moe.capacity_factor_train == 1.0
+    assert runs["Switch-Base+ cf1.0"].model.d_model > runs["Switch-Base cf1.0"].model.d_model
+    assert runs["T5-Large"].model.d_model > runs["T5-Base"].model.d_model
+
+
+def test_run_collect_plot_report(dirs):
+    out = _run(dirs, "table1", "--rows", "T5-Base,Switch-Base cf1.0")
+    assert "paper: NLP" in out and "Verdicts:" in out
+    df = pd.read_csv(dirs["results"] / "smoke" / "table1.csv")
+    assert sorted(df["row"]) == ["Switch-Base cf1.0", "T5-Base"]
+    assert df["final_nlp"].notna().all() and (df["final_step"] == 4).all()
+    assert df.set_index("row").loc["Switch-Base cf1.0", "num_experts"] == 8
+    logs = list((dirs["results"] / "smoke" / "logs" / "table1").glob("*/metrics.jsonl"))
+    assert len(logs) == 2
+    # Rerunning recomputes nothing.
+    again = _run(dirs, "table1", "--rows", "T5-Base,Switch-Base cf1.0")
+    assert again.count("not recomputed") == 2
+    plot = CliRunner().invoke(main, ["plot", "table1", "--scale", "smoke", "--results-dir", str(dirs["results"])])
+    assert plot.exit_code == 0, plot.output
+    pngs = [p for p in (dirs["results"] / "smoke" / "plots").glob("table1_*.png") if p.stat().st_size > 1000]
+    assert any("speed_quality" in p.name for p in pngs) and any("quality_vs_step" in p.name for p in pngs)
+    rep = CliRunner().invoke(main, ["report", "--scale", "smoke", "--results-dir", str(dirs["results"])])
+    assert rep.exit_code == 0, rep.output
+    text = (dirs["results"] / "smoke" / "REPORT.md").read_text()
+    assert "table1" in text and "inconclusive" in text and "plots/table1_speed_quality.png" in text
+
+
+def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):
+    # Killed after step 3 of 4 (checkpoints every 2 steps), then rerun.
+    first = _run(dirs, "table11", "--rows", "argmax", env={"SWITCHREPRO_STOP_AFTER": "3"})
+    assert "0 of 1 runs finished" in first
+    second = _run(dirs, "table11", "--rows", "argmax")
+    assert "resuming" in second and "resuming at step 2" in second
+    resumed = pd.read_csv(dirs["results"] / "smoke" / "table11.csv")
+    fresh_dirs = {**dirs, "results": tmp_path / "results", "runs": tmp_path / "runs"}
+    _run(fresh_dirs, "table11", "--rows", "argmax")
+    fresh = pd.read_csv(fresh_dirs["results"] / "smoke" / "table11.csv")
+    assert resumed["final_nlp"].tolist() == fresh["final_nlp"].tolist()
+
+
+def test_diverged_row_is_a_result(dirs):
+    out = _run(dirs, "table2", "--rows", "bfloat16", "--gin", "TrainConfig.learning_rate = 1e30",
+               "--gin", "TrainConfig.log_every = 1")
+    assert "diverged at step" in out
+    df = pd.read_csv(dirs["results"] / "smoke" / "table2.csv")
+    row = df.set_index("row").loc["bfloat16"]
+    assert row["diverged_at"] >= 1 and pd.isna(row["final_nlp"])
+    assert "diverged, not recomputed" in _run(dirs, "table2", "--rows", "bfloat16", "--gin",
+                                              "TrainConfig.learning_rate = 1e30", "--gin", "TrainConfig.log_every = 1")
+    meta = json.loads((dirs["results"] / "smoke" / "table2_meta.json").read_text())
+    assert meta["scale"] == "smoke" and meta["rows"] == ["bfloat16"]
+
+
+def test_dry_run_prints_the_plan(dirs):
+    out = _run(dirs, "scaling", "--dry-run")
+    assert "Switch 128e" in out and "MFLOPs/example" in out and "estimated total" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "table99"], "unknown table 'table99'"),
+    (["run", "table1", "--rows", "Nope"], "has no row 'Nope'"),
+    (["run", "table1", "--seeds", "0"], "--seeds must be >= 1"),
+    (["plot", "scaling", "--scale", "paper", "--results-dir", "/nonexistent"], "no results for scaling"),
+])
+def test_runner_bad_input(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output, result.output
