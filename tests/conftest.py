@@ -15,6 +15,17 @@ TINY_MODEL = ModelConfig(vocab_size=8192, d_model=64, d_ff=128, num_heads=2, d_k
 TINY_MOE = MoeConfig(num_experts=4, group_size=256)
 
 
+@pytest.fixture(scope="module")
+def cheap_compiles():
+    """For modules that compile hundreds of tiny programs, where XLA's optimisation passes dominate."""
+    import jax
+
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
     """A session-wide cache directory (materialisation runs once per feature-length set)."""

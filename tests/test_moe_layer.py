@@ -12,14 +12,7 @@ import pytest
 from switchrepro.config import MoeConfig
 from switchrepro.moe import MoeFeedForward, routing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cheap_compiles():
-    """These tests compile hundreds of tiny programs, where XLA's optimisation passes dominate the cost."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("cheap_compiles")
 
 
 B, L, M, F, E = 2, 8, 6, 10, 4  # two routing groups of 8 tokens

@@ -13,14 +13,7 @@ import pytest
 
 from switchrepro.moe import dispatch, routing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cheap_compiles():
-    """These tests compile hundreds of tiny programs, where XLA's optimisation passes dominate the cost."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("cheap_compiles")
 
 
 LN3 = math.log(3.0)
