@@ -15,7 +15,7 @@ TINY_MODEL = ModelConfig(vocab_size=8192, d_model=64, d_ff=128, num_heads=2, d_k
 TINY_MOE = MoeConfig(num_experts=4, group_size=256)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cheap_compiles():
     """For modules that compile hundreds of tiny programs, where XLA's optimisation passes dominate."""
     import jax
