@@ -237,11 +237,7 @@ def _stop_after() -> Optional[int]:
 @click.option("--eval-examples", type=int, default=None, help="Override the number of held-out examples.")
 def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     """Score the latest checkpoint in RUN_DIR on held-out data (negative log-perplexity, nats/token)."""
-    import jax
-    import jax.numpy as jnp
-
     from switchrepro.data import cache as data_cache
-    from switchrepro.model.t5 import init_params
     from switchrepro.train import trainer
     from switchrepro.train.checkpoint import Checkpointer, CheckpointError
 
@@ -252,12 +248,8 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     if eval_examples:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_examples=eval_examples))
     _, eval_cache = load_caches(cfg)
-    tc = cfg.train
-    model, params = init_params(cfg.model, jax.random.split(jax.random.PRNGKey(tc.seed))[0],
-                                inputs_length=cfg.data.inputs_length, targets_length=cfg.data.targets_length)
-    optimizer = trainer.make_optimizer(tc)
-    state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
+    model, _, state, _ = trainer.initial_state(cfg)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
     if ckpt.manager.latest_step() is None:
         raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}")
     try:

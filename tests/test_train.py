@@ -6,12 +6,10 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import pytest
 
 from switchrepro.cli import load_caches
 from switchrepro.data import cache as data_cache
-from switchrepro.model.t5 import init_params
 from switchrepro.train import trainer
 
 TIMING = {"examples_per_sec", "tokens_per_sec", "wall_seconds"}
@@ -37,9 +35,8 @@ def reference_run(tiny_experiment, caches, tmp_path_factory):
 
 def test_training_lowers_held_out_loss(reference_run, caches):
     cfg, run_dir, result = reference_run
-    model, params = init_params(cfg.model, jax.random.split(jax.random.PRNGKey(cfg.train.seed))[0],
-                                inputs_length=cfg.data.inputs_length, targets_length=cfg.data.targets_length)
-    before = trainer.evaluate(trainer.make_eval_step(model), params,
+    model, _, state, _ = trainer.initial_state(cfg)
+    before = trainer.evaluate(trainer.make_eval_step(model), state.params,
                               data_cache.eval_batches(caches[1], cfg.data.batch_size, cfg.data.eval_examples))
     after = result.final["eval_neg_log_perplexity"]
     # Initial quality is about -ln(8192) = -9.0 nats; 60 steps of Adafactor must gain well over a nat.

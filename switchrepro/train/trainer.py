@@ -222,6 +222,19 @@ def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -
     return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
 
 
+def initial_state(cfg: ExperimentConfig):
+    """(model, optimizer, step-0 TrainState, PRNG key for the training steps), all derived from the seed.
+
+    Training and `switchrepro eval` both build this before restoring a checkpoint into it.
+    """
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
+    model, params = init_params(cfg.model, init_key, inputs_length=cfg.data.inputs_length,
+                                targets_length=cfg.data.targets_length)
+    optimizer = make_optimizer(cfg.train)
+    state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
+    return model, optimizer, state, step_key
+
+
 def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
           stop_after: Optional[int] = None, echo: Callable[[str], None] = print) -> RunResult:
     """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
@@ -237,12 +250,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     cfg.validate()
     tc, dc = cfg.train, cfg.data
     run_dir.mkdir(parents=True, exist_ok=True)
-    seed_key = jax.random.PRNGKey(tc.seed)
-    init_key, step_key = jax.random.split(seed_key)
-    model, params = init_params(cfg.model, init_key, inputs_length=dc.inputs_length,
-                                targets_length=dc.targets_length)
-    optimizer = make_optimizer(tc)
-    state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
+    model, optimizer, state, step_key = initial_state(cfg)
+    params = state.params
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state)
     start = int(state.step)
