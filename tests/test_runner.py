@@ -29,7 +29,7 @@ def test_every_table_parses_and_plans():
         spec = parse_table(table)
         for scale in ("smoke", "mini", "paper"):
             runs = runner.plan(spec, scale, parse_config, runner_dir := __import__("pathlib").Path("/nonexistent"))
-            assert len(runs) == len(spec.rows) * spec.seeds[scale]
+            assert len(runs) == len(spec.default_rows(scale)) * spec.seeds[scale]
             assert len({r.config_hash for r in runs}) == len(runs)  # every (row, seed) is its own run
             assert all(str(r.run_dir).startswith(str(runner_dir)) for r in runs)
 
@@ -45,6 +45,38 @@ def test_table1_rows_configure_what_they_say():
     assert runs["Switch-Base cf1.0"].model.moe.capacity_factor_train == 1.0
     assert runs["Switch-Base+ cf1.0"].model.d_model > runs["Switch-Base cf1.0"].model.d_model
     assert runs["T5-Large"].model.d_model > runs["T5-Base"].model.d_model
+
+
+def test_skipped_rows_run_only_when_named():
+    spec = parse_table("scaling")
+    x = __import__("pathlib").Path("x")
+    assert "Switch 128e" not in {r.row.name for r in runner.plan(spec, "mini", parse_config, x, seeds=1)}
+    assert "Switch 128e" in {r.row.name for r in runner.plan(spec, "smoke", parse_config, x, seeds=1)}
+    named = runner.plan(spec, "mini", parse_config, x, seeds=1, rows=["Switch 128e"])
+    assert [r.config.model.moe.num_experts for r in named] == [128]
+
+
+def test_identical_run_of_another_table_is_reused_not_retrained(tmp_path):
+    plan = {t: {(r.row.name, r.seed): r for r in runner.plan(parse_table(t), "mini", parse_config, tmp_path, seeds=2)}
+            for t in ("table1", "scaling")}
+    twin, run = plan["scaling"][("T5-Base", 1)], plan["table1"][("T5-Base", 1)]
+    assert twin.config_hash == run.config_hash and twin.run_dir != run.run_dir
+    assert plan["scaling"][("Switch 8e", 0)].config_hash == plan["table1"][("Switch-Base cf1.25", 0)].config_hash
+    other_seed = plan["table1"][("T5-Base", 0)]
+    twin.run_dir.mkdir(parents=True)
+    (twin.run_dir / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 600, "nlp": -5.0}\n')
+    trained = []
+    runner.execute([run], lambda r: trained.append(r), echo=lambda m: None)
+    assert trained == [run]  # an unfinished twin is not reused
+    trained.clear()
+    (twin.run_dir / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 600, "nlp": -5.0}\n{"event": "done"}\n')
+    messages = []
+    runner.execute([run, other_seed], lambda r: trained.append(r), echo=messages.append)
+    assert trained == [other_seed]  # seed 0 has no finished twin
+    assert runner.run_status(run) == "done"
+    assert (run.run_dir / "metrics.jsonl").read_text() == (twin.run_dir / "metrics.jsonl").read_text()
+    assert (run.run_dir / "reused_from.txt").read_text().strip() == str(twin.run_dir)
+    assert "reused" in messages[0]
 
 
 def test_run_collect_plot_report(dirs):

@@ -58,7 +58,7 @@ def slug(name: str) -> str:
 def plan(spec: TableSpec, scale: str, build: ConfigBuilder, runs_dir: Path, seeds: Optional[int] = None,
          rows: Optional[Sequence[str]] = None) -> List[PlannedRun]:
     """The runs of `spec` at `scale`: each selected row x each seed, with its config and run directory."""
-    selected = [spec.row(r) for r in rows] if rows else list(spec.rows)
+    selected = [spec.row(r) for r in rows] if rows else list(spec.default_rows(scale))
     n_seeds = seeds or spec.seeds[scale]
     out = []
     for row in selected:
@@ -85,15 +85,39 @@ def run_status(run: PlannedRun) -> str:
     return "partial" if (run.run_dir / "checkpoints").exists() else "new"
 
 
+def finished_twin(run: PlannedRun) -> Optional[Path]:
+    """A finished run of another table at the same scale with the same config hash (and so the same
+    seed and metrics), e.g. T5-Base in both table1 and scaling; None if there is none."""
+    for d in sorted(run.run_dir.parent.parent.glob(f"*/*-s{run.seed}-{run.config_hash}")):
+        if d != run.run_dir and d.is_dir() and run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
+            return d
+    return None
+
+
+def reuse(run: PlannedRun, twin: Path) -> None:
+    """Copies a finished twin's logs and configs (not its checkpoints) into run.run_dir."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    for f in twin.iterdir():
+        if f.is_file():
+            shutil.copy2(f, run.run_dir / f.name)
+    (run.run_dir / "reused_from.txt").write_text(f"{twin}\n")
+
+
 def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             echo: Callable[[str], None] = print) -> Dict[str, float]:
-    """Trains every run that is not finished; returns wall seconds spent per run key."""
+    """Trains every run that is not finished; returns wall seconds spent per run key. A new run whose
+    identical twin already finished in another table is copied from it, not retrained."""
     spent = {}
     for i, run in enumerate(runs, 1):
         status = run_status(run)
         label = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
         if status in ("done", "diverged"):
             echo(f"{label}: {status}, not recomputed")
+            continue
+        twin = finished_twin(run) if status == "new" else None
+        if twin is not None:
+            reuse(run, twin)
+            echo(f"{label}: identical to the finished {twin}, reused")
             continue
         echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
         t0 = time.time()

@@ -40,6 +40,7 @@ class TableSpec:
       seeds: per scale, the default number of seeds.
       threshold: per scale, the negative log-perplexity that "time to quality" is measured against
         (the paper's -1.50 at paper scale); None for tables without a threshold.
+      skip_rows: per scale, rows left out unless asked for by name (e.g. 128 experts on a CPU).
     """
 
     name: str
@@ -49,6 +50,12 @@ class TableSpec:
     scale_bindings: Dict[str, Tuple[str, ...]]
     seeds: Dict[str, int]
     threshold: Optional[Dict[str, float]] = None
+    skip_rows: Optional[Dict[str, Tuple[str, ...]]] = None
+
+    def default_rows(self, scale: str) -> Tuple[Row, ...]:
+        """The rows a plain `run` trains at `scale`: all rows but that scale's skip_rows."""
+        skip = set((self.skip_rows or {}).get(scale, ()))
+        return tuple(r for r in self.rows if r.name not in skip)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -68,10 +75,15 @@ class TableSpec:
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {self.name} has duplicate row names")
+        for scale, skipped in (self.skip_rows or {}).items():
+            unknown = sorted(set(skipped) - set(names))
+            if scale not in SCALES or unknown:
+                raise ValueError(f"table {self.name}: skip_rows[{scale!r}] names unknown scale or rows {unknown}")
         return self
 
 
-def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, threshold=None) -> TableSpec:
+def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, threshold=None,
+                    skip_rows=None) -> TableSpec:
     """Builds a TableSpec from the lists and dicts that gin parses (rows as dicts)."""
     return TableSpec(
         name=name, title=title,
@@ -80,4 +92,5 @@ def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, 
         scale_bindings={s: tuple(b) for s, b in scale_bindings.items()},
         seeds=dict(seeds),
         threshold=None if threshold is None else {s: float(v) for s, v in threshold.items()},
+        skip_rows=None if skip_rows is None else {s: tuple(v) for s, v in skip_rows.items()},
     ).validate()
