@@ -382,7 +382,13 @@ def plot(what, scale, results_dir):
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True)
 def report(scale, results_dir):
-    """Write results/<scale>/REPORT.md: every table that has results, with verdicts and plots."""
+    """Write results/<scale>/REPORT.md: every table that has results, with verdicts and plots.
+
+    Hand-written context is read from results/<scale>/notes/ when present: `_preface.md` (how the runs
+    were made), `<table>.md` (shown under the table) and `<table>.json` ({claim id: why it does not
+    reproduce}, quoting the numbers)."""
+    import json as _json
+
     from switchrepro.experiments import claims, runner
     from switchrepro.experiments import report as R
     from switchrepro.plots import figures
@@ -398,10 +404,20 @@ def report(scale, results_dir):
         verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold)
         plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold)
         meta = {**meta, "threshold": threshold, "wall_seconds": meta.get("train_seconds_total")}
+        notes_dir = results_dir / scale / "notes"
+        if (notes_dir / f"{table}.md").exists():
+            meta["notes"] = (notes_dir / f"{table}.md").read_text()
+        if (notes_dir / f"{table}.json").exists():
+            try:
+                meta["explanations"] = _json.loads((notes_dir / f"{table}.json").read_text())
+            except ValueError as e:
+                raise UserError(f"{notes_dir / f'{table}.json'} is not valid JSON ({e}); fix or remove it") from e
         tables[table] = R.TableReport(results, curves, loads, verdicts, plots, meta)
     if not tables:
         raise UserError(f"no results at scale {scale} in {results_dir}: run `switchrepro run TABLE --scale {scale}`")
-    path = R.write_report(scale, tables, results_dir / scale / "REPORT.md")
+    preface = results_dir / scale / "notes" / "_preface.md"
+    path = R.write_report(scale, tables, results_dir / scale / "REPORT.md",
+                          preface=preface.read_text() if preface.exists() else None)
     click.echo(f"wrote {path} ({', '.join(tables)})")
 
 

@@ -95,10 +95,20 @@ def test_run_collect_plot_report(dirs):
     assert plot.exit_code == 0, plot.output
     pngs = [p for p in (dirs["results"] / "smoke" / "plots").glob("table1_*.png") if p.stat().st_size > 1000]
     assert any("speed_quality" in p.name for p in pngs) and any("quality_vs_step" in p.name for p in pngs)
+    notes = dirs["results"] / "smoke" / "notes"
+    notes.mkdir()
+    (notes / "table1.json").write_text("{not json")
+    rep = CliRunner().invoke(main, ["report", "--scale", "smoke", "--results-dir", str(dirs["results"])])
+    assert rep.exit_code == 2 and "table1.json is not valid JSON" in rep.output
+    (notes / "_preface.md").write_text("Made on a test machine.")
+    (notes / "table1.md").write_text("Table-one note.")
+    (notes / "table1.json").write_text(json.dumps({"t1-switch-cf1.0-beats-dense": "one seed only, by design"}))
     rep = CliRunner().invoke(main, ["report", "--scale", "smoke", "--results-dir", str(dirs["results"])])
     assert rep.exit_code == 0, rep.output
     text = (dirs["results"] / "smoke" / "REPORT.md").read_text()
     assert "table1" in text and "inconclusive" in text and "plots/table1_speed_quality.png" in text
+    assert "Made on a test machine." in text and "Table-one note." in text
+    assert "Why: one seed only, by design." in text
 
 
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):

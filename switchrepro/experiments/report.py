@@ -276,9 +276,11 @@ def _why(v: C.Verdict) -> str:
     return "the margin is within twice the seed spread (or the evidence is mixed)"
 
 
-def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path) -> Path:
+def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
+                 preface: Optional[str] = None) -> Path:
     """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
-    plots (relative links) and run facts, and finally what does not reproduce and why."""
+    plots (relative links) and run facts, and finally what does not reproduce and why. `preface` (markdown,
+    e.g. how the runs were made and calibrated) goes after the verdict rule."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tables = {name: TableReport(*value) for name, value in tables.items()}
@@ -300,6 +302,8 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
     lines += ["| **all** | " + " | ".join(f"**{totals[s]}**" for s in C.STATUSES) + " |", ""]
     lines += [f"- {name}: **{v.status}**: {v.text}" for name in order for v in tables[name].verdicts]
     lines += ["", "## How verdicts are decided", "", C.VERDICT_RULE, ""]
+    if preface:
+        lines += [preface.strip(), ""]
 
     for name in order:
         t = tables[name]
