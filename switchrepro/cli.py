@@ -171,6 +171,52 @@ def _config_options(f):
     return f
 
 
+def _parallel_options(f):
+    f = click.option("--process-id", type=int, default=None, help="This process's index (multi-host).")(f)
+    f = click.option("--num-processes", type=int, default=None, help="Processes in the job (multi-host).")(f)
+    f = click.option("--coordinator", default=None, metavar="HOST:PORT",
+                     help="Process 0's address for jax.distributed (multi-host). Give all three of --coordinator, "
+                          "--num-processes and --process-id, or use --distributed to let jax detect a TPU VM "
+                          "or SLURM job.")(f)
+    f = click.option("--distributed", is_flag=True,
+                     help="Call jax.distributed.initialize() (auto-detected cluster unless the flags above, or "
+                          "SWITCHREPRO_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID, say otherwise).")(f)
+    f = click.option("--mesh", "mesh_text", default=None, metavar="data=N,expert=M",
+                     help="Data and expert parallelism over N x M devices (of all processes), e.g. data=2,expert=4.")(f)
+    return f
+
+
+def setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id):
+    """Multi-host start-up (before anything else touches jax), then the mesh; None without --mesh."""
+    from switchrepro.moe import parallel
+
+    try:
+        settings = parallel.distributed_settings(coordinator, num_processes, process_id)
+        if distributed or settings.kwargs():
+            parallel.initialize_distributed(settings)
+            import jax
+
+            click.echo(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+                       f"{jax.local_device_count()} local / {jax.device_count()} global devices")
+        return parallel.make_mesh(parallel.parse_mesh(mesh_text)) if mesh_text else None
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def check_mesh(cfg: C.ExperimentConfig, mesh) -> None:
+    """Experts and batch must divide over the mesh; say what to change before anything runs."""
+    if mesh is None:
+        return
+    from switchrepro.moe import parallel
+
+    try:
+        if cfg.model.moe is not None:
+            parallel.check_experts(cfg.model.moe.num_experts, mesh)
+        parallel.check_batch(cfg.data.batch_size, mesh)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
 def _bindings_with_tfds(bindings, tfds_data_dir):
     bindings = list(bindings)
     if tfds_data_dir:
@@ -183,11 +229,15 @@ def _bindings_with_tfds(bindings, tfds_data_dir):
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where checkpoints, metrics.jsonl and the operative config go. Rerun to resume.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool):
-    """Train a model; rerunning the same command resumes from the latest checkpoint."""
+@_parallel_options
+def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, mesh_text, distributed, coordinator,
+          num_processes, process_id):
+    """Train a model; rerunning the same command resumes from the latest checkpoint (also onto another mesh)."""
     if not gin_files:
         raise UserError("pass at least one --gin-file (e.g. --gin-file models/tiny_switch.gin)")
+    mesh = setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
     cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    check_mesh(cfg, mesh)
     from switchrepro.train import trainer
     from switchrepro.train.checkpoint import CheckpointError
 
@@ -196,7 +246,7 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool):
     try:
         result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
                                progress=not no_progress and cfg.train.progress, echo=click.echo,
-                               stop_after=_stop_after())
+                               stop_after=_stop_after(), mesh=mesh)
     except CheckpointError as e:
         raise UserError(str(e)) from e
     final = result.final

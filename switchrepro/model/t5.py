@@ -138,6 +138,7 @@ class FeedForward(nn.Module):
     cfg: ModelConfig
     sparse: bool
     dtype: Any
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x: Array, token_mask: Array, deterministic: bool):
@@ -145,7 +146,7 @@ class FeedForward(nn.Module):
         if not self.sparse:
             return DenseFeedForward(c, self.dtype, name="mlp")(x, deterministic), None
         moe = MoeFeedForward(cfg=c.moe, d_model=c.d_model, d_ff=c.d_ff, activation=c.activation,
-                             init_scale=c.init_scale, dtype=self.dtype, name="moe")
+                             init_scale=c.init_scale, dtype=self.dtype, mesh=self.mesh, name="moe")
         return moe(x, token_mask, deterministic=deterministic)
 
 
@@ -153,6 +154,7 @@ class EncoderLayer(nn.Module):
     cfg: ModelConfig
     sparse: bool
     dtype: Any
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, mask, bias, token_mask, deterministic):
@@ -161,7 +163,7 @@ class EncoderLayer(nn.Module):
         x = x + drop(Attention(self.cfg, self.dtype, name="attention")(h, h, mask, bias, deterministic),
                      deterministic=deterministic)
         h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
-        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, name="ffn")(h, token_mask, deterministic)
+        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, self.mesh, name="ffn")(h, token_mask, deterministic)
         return x + drop(y, deterministic=deterministic), metrics
 
 
@@ -169,6 +171,7 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
     sparse: bool
     dtype: Any
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x, encoded, self_mask, cross_mask, bias, token_mask, deterministic):
@@ -180,7 +183,7 @@ class DecoderLayer(nn.Module):
         x = x + drop(Attention(self.cfg, self.dtype, name="encoder_decoder_attention")(
             h, encoded, cross_mask, None, deterministic), deterministic=deterministic)
         h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
-        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, name="ffn")(h, token_mask, deterministic)
+        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, self.mesh, name="ffn")(h, token_mask, deterministic)
         return x + drop(y, deterministic=deterministic), metrics
 
 
@@ -190,9 +193,14 @@ def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder. `__call__(batch, deterministic)` -> (logits `<float32>[b, t, vocab]`, moe metrics)."""
+    """Encoder-decoder. `__call__(batch, deterministic)` -> (logits `<float32>[b, t, vocab]`, moe metrics).
+
+    `mesh` (a ('data', 'expert') jax Mesh, or None) makes the sparse layers expert-parallel; the parameters
+    do not depend on it, so a model initialised without a mesh applies with one.
+    """
 
     cfg: ModelConfig
+    mesh: Any = None
 
     def setup(self):
         c = self.cfg
@@ -201,9 +209,9 @@ class Transformer(nn.Module):
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")), name="token_embedder")
         enc_sparse, dec_sparse = set(c.sparse_layers("encoder")), set(c.sparse_layers("decoder"))
-        self.encoder_layers = [EncoderLayer(c, i in enc_sparse, self.dtype, name=f"encoder_layer_{i}")
+        self.encoder_layers = [EncoderLayer(c, i in enc_sparse, self.dtype, self.mesh, name=f"encoder_layer_{i}")
                                for i in range(c.num_encoder_layers)]
-        self.decoder_layers = [DecoderLayer(c, i in dec_sparse, self.dtype, name=f"decoder_layer_{i}")
+        self.decoder_layers = [DecoderLayer(c, i in dec_sparse, self.dtype, self.mesh, name=f"decoder_layer_{i}")
                                for i in range(c.num_decoder_layers)]
         rel = dict(num_buckets=c.relative_attention_num_buckets, max_distance=c.relative_attention_max_distance,
                    num_heads=c.num_heads, dtype=self.dtype)

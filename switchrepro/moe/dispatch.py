@@ -18,7 +18,7 @@ kept assignment. Routing math is float32; gates are cast to the activation dtype
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,23 +53,45 @@ def einsum_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: Expert
     return jnp.einsum("egcm,gsec->gsm", out, combine)
 
 
-def scatter_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
-    """Scatter into static [E, G, C, M] buffers, gather back. See the module docstring for arguments."""
-    num_experts = _sizes(x, routing)
+def scatter_to_buffers(x: Array, routing: Routing, capacity: int, num_experts: Optional[int] = None) -> Array:
+    """Each kept assignment's token copied into its slot: <dtype>[E, G, C, M] (unused slots 0).
+
+    Args:
+      x: <dtype>[G, S, M] grouped activations.
+      routing: expert_index / position / kept <[G, S, K]> (only these fields are read).
+      capacity: C, slots per expert per group (>= 1).
+      num_experts: E (default: from routing.probs).
+    """
+    num_experts = routing.probs.shape[-1] if num_experts is None else num_experts
     g, s, m = x.shape
-    if capacity == 0:  # nothing fits anywhere (and a gather of size-0 slots is not defined)
-        return jnp.zeros_like(x)
     k = routing.expert_index.shape[-1]
     expert = routing.expert_index  # [G, S, K]
     group = jnp.broadcast_to(jnp.arange(g)[:, None, None], expert.shape)
-    # Slot C is out of range: dropped assignments are not written (mode='drop') and read back as 0 (fill).
+    # Slot C is out of range: dropped assignments are not written (mode='drop').
     slot = jnp.where(routing.kept, routing.position, capacity)
     copies = jnp.broadcast_to(x[:, :, None, :], (g, s, k, m))  # one copy of the token per choice
+    return jnp.zeros((num_experts, g, capacity, m), x.dtype).at[expert, group, slot].set(copies, mode="drop")
 
-    buffers = jnp.zeros((num_experts, g, capacity, m), x.dtype).at[expert, group, slot].set(copies, mode="drop")
-    out = expert_fn(buffers.reshape(num_experts, g * capacity, m)).reshape(num_experts, g, capacity, m)
+
+def combine_from_buffers(out: Array, routing: Routing, capacity: int) -> Array:
+    """Inverse of scatter_to_buffers, weighted: <dtype>[E, G, C, M] expert outputs -> <dtype>[G, S, M],
+    the sum over kept assignments of gate * output (0 for dropped ones)."""
+    expert = routing.expert_index
+    group = jnp.broadcast_to(jnp.arange(expert.shape[0])[:, None, None], expert.shape)
+    slot = jnp.where(routing.kept, routing.position, capacity)
     back = out.at[expert, group, slot].get(mode="fill", fill_value=0)  # [G, S, K, M]
-    return jnp.einsum("gskm,gsk->gsm", back, routing.gate.astype(x.dtype))
+    return jnp.einsum("gskm,gsk->gsm", back, routing.gate.astype(out.dtype))
+
+
+def scatter_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
+    """Scatter into static [E, G, C, M] buffers, gather back. See the module docstring for arguments."""
+    num_experts = _sizes(x, routing)
+    g, _, m = x.shape
+    if capacity == 0:  # nothing fits anywhere (and a gather of size-0 slots is not defined)
+        return jnp.zeros_like(x)
+    buffers = scatter_to_buffers(x, routing, capacity)
+    out = expert_fn(buffers.reshape(num_experts, g * capacity, m)).reshape(num_experts, g, capacity, m)
+    return combine_from_buffers(out, routing, capacity)
 
 
 BACKENDS = {"einsum": einsum_dispatch, "scatter": scatter_dispatch}

@@ -102,6 +102,10 @@ class MoeFeedForward(nn.Module):
       activation: 'relu' (relu(x wi) wo) or 'geglu' (gelu(x wi_0) * (x wi_1)) wo).
       init_scale: expert kernels start at std sqrt(init_scale / fan_in) (paper: 0.1).
       dtype: activation dtype; parameters are float32 and the router runs in cfg.router_dtype.
+      mesh: a ('data', 'expert') device mesh for expert parallelism (switchrepro.moe.parallel), or None for
+        one device. With a mesh every device routes whole groups of its own tokens and the experts run
+        under shard_map with all-to-all; the outputs equal the one-device layer's when the groups are the
+        same (batch * length / group_size a multiple of the device count).
 
     Training (deterministic=False) uses capacity_factor_train and the RNG streams 'jitter' (router
     randomness: cfg.exploration for the Switch router, the top-2 second-expert coin, noisy top-k noise;
@@ -115,6 +119,7 @@ class MoeFeedForward(nn.Module):
     activation: str = "relu"
     init_scale: float = 0.1
     dtype: Any = jnp.float32
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x: Array, token_mask: Optional[Array] = None, *,
@@ -158,7 +163,8 @@ class MoeFeedForward(nn.Module):
                         (num_experts, self.d_ff, d_model), jnp.float32)
 
         # --- groups and capacity (static Python ints) ---
-        groups = routing.num_groups(batch * length, cfg.group_size)
+        devices = 1 if self.mesh is None else self.mesh.size
+        groups = routing.num_groups(batch * length, cfg.group_size, multiple_of=devices)
         group_len = batch * length // groups
         xg = x.reshape(groups, group_len, d_model).astype(self.dtype)  # row-major: sequence order kept
         mask = None if token_mask is None else token_mask.reshape(groups, group_len)
@@ -177,11 +183,20 @@ class MoeFeedForward(nn.Module):
         # --- experts: one batched FFN over all experts' buffers ---
         hidden_dropout = nn.Dropout(rate=cfg.expert_dropout, name="expert_dropout")
 
-        def experts(h: Array) -> Array:  # <dtype>[E, N, d_model] -> <dtype>[E, N, d_model]
-            proj = [jnp.einsum("enm,emf->enf", h, w.astype(self.dtype)) for w in wi]
+        def experts(h: Array, weights=(wi, wo)) -> Array:  # <dtype>[E, N, d_model] -> <dtype>[E, N, d_model]
+            w_in, w_out = weights
+            proj = [jnp.einsum("enm,emf->enf", h, w.astype(self.dtype)) for w in w_in]
             a = nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
             a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
-            return jnp.einsum("enf,efm->enm", a, wo.astype(self.dtype))
+            return jnp.einsum("enf,efm->enm", a, w_out.astype(self.dtype))
 
-        y = dispatch_lib.run_experts(cfg.dispatch, xg, r, capacity, experts)
+        if devices > 1:
+            from switchrepro.moe import parallel
+
+            if cfg.expert_dropout > 0 and not deterministic:
+                raise ValueError("expert dropout is not supported with a device mesh yet; set "
+                                 "MoeConfig.expert_dropout = 0 or train without --mesh")
+            y = parallel.expert_parallel(self.mesh, xg, r, capacity, experts, (wi, wo))
+        else:
+            y = dispatch_lib.run_experts(cfg.dispatch, xg, r, capacity, experts)
         return y.reshape(batch, length, d_model), routing_metrics(cfg, r, capacity)

@@ -40,16 +40,20 @@ NOISE_EPSILON = 1e-2
 # ---------------------------------------------------------------------------------------------------
 
 
-def num_groups(num_tokens: int, group_size: int) -> int:
-    """The smallest divisor G of num_tokens with num_tokens / G <= group_size.
+def num_groups(num_tokens: int, group_size: int, multiple_of: int = 1) -> int:
+    """The smallest divisor G of num_tokens with num_tokens / G <= group_size (and G % multiple_of == 0).
 
     Groups are therefore as large as allowed and all of equal size. Note: when num_tokens has no divisor
     close to num_tokens / group_size (e.g. a prime), groups get small; choose batch * length accordingly.
+    `multiple_of` is the device count of an expert-parallel mesh: every device routes whole groups.
     """
     if num_tokens < 1 or group_size < 1:
         raise ValueError(f"need num_tokens >= 1 and group_size >= 1, got {num_tokens} and {group_size}")
+    if num_tokens % multiple_of:
+        raise ValueError(f"{num_tokens} tokens do not split over {multiple_of} devices: make batch_size a multiple "
+                         f"of {multiple_of}")
     for g in range(-(-num_tokens // group_size), num_tokens + 1):
-        if num_tokens % g == 0:
+        if num_tokens % g == 0 and g % multiple_of == 0:
             return g
     raise AssertionError("unreachable: G = num_tokens always divides")
 

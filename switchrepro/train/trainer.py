@@ -111,7 +111,10 @@ def per_layer(moe_metrics: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- steps
 
 
-def make_train_step(model: Transformer, optimizer: optax.GradientTransformation, cfg: TrainConfig):
+def make_train_step(model: Transformer, optimizer: optax.GradientTransformation, cfg: TrainConfig,
+                    placement: Optional["Placement"] = None):
+    """The jitted step (state, batch, base_rng) -> (state, metrics); with `placement`, its inputs and
+    outputs keep the mesh shardings (state like the params, batch over every device)."""
     def loss_fn(params, batch, rng):
         dropout_rng, jitter_rng = jax.random.split(rng)
         logits, moe = model.apply({"params": params}, batch, deterministic=False,
@@ -132,20 +135,27 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
         metrics["learning_rate"] = learning_rate_schedule(cfg)(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if placement is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(placement.state, placement.batch, placement.replicated),
+                   out_shardings=(placement.state, placement.replicated))
 
 
-def make_eval_step(model: Transformer):
+def make_eval_step(model: Transformer, placement: Optional["Placement"] = None):
     def eval_step(params, batch):
         logits, moe = model.apply({"params": params}, batch, deterministic=True)
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
         ce_sum, _, n = cross_entropy(logits, batch["decoder_target_tokens"], weights, 0.0)
         return ce_sum, n, moe
 
-    return jax.jit(eval_step)
+    if placement is None:
+        return jax.jit(eval_step)
+    return jax.jit(eval_step, in_shardings=(placement.state.params, placement.batch),
+                   out_shardings=placement.replicated)
 
 
-def evaluate(eval_step, params, batches: Iterable[Tuple[Dict[str, np.ndarray], int]]) -> Dict[str, Any]:
+def evaluate(eval_step, params, batches: Iterable[Tuple[Dict[str, np.ndarray], int]],
+             place_batch: Callable[[Dict[str, np.ndarray]], Any] = lambda b: b) -> Dict[str, Any]:
     """Held-out negative log-perplexity (nats per target token; the paper's quality measure).
 
     `batches` yields (batch, real rows) as `switchrepro.data.cache.eval_batches` does; padding rows
@@ -153,7 +163,7 @@ def evaluate(eval_step, params, batches: Iterable[Tuple[Dict[str, np.ndarray], i
     """
     total, count, layer_rows = 0.0, 0.0, []
     for batch, _ in batches:
-        ce_sum, n, moe = eval_step(params, batch)
+        ce_sum, n, moe = eval_step(params, place_batch(batch))
         total += float(ce_sum)
         count += float(n)
         layer_rows.append(per_layer(moe))
@@ -222,27 +232,73 @@ def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -
     return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
 
 
-def initial_state(cfg: ExperimentConfig):
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a sharded run keeps things: `state` (a TrainState of NamedShardings), `batch` (one sharding for
+    every batch array) and `replicated` (scalars, keys, metrics)."""
+
+    mesh: Any
+    state: Any
+    batch: Any
+    replicated: Any
+
+    def place_batch(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+        from switchrepro.moe import parallel
+
+        return parallel.shard_batch(self.mesh, batch)
+
+
+def initial_state(cfg: ExperimentConfig, mesh=None):
     """(model, optimizer, step-0 TrainState, PRNG key for the training steps), all derived from the seed.
 
-    Training and `switchrepro eval` both build this before restoring a checkpoint into it.
+    Training and `switchrepro eval` both build this before restoring a checkpoint into it. With a
+    ('data', 'expert') `mesh`, the model is expert-parallel and the state is placed on the mesh (see
+    `placement`); the initial values do not depend on the mesh.
     """
     init_key, step_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
     model, params = init_params(cfg.model, init_key, inputs_length=cfg.data.inputs_length,
                                 targets_length=cfg.data.targets_length)
     optimizer = make_optimizer(cfg.train)
-    state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
-    return model, optimizer, state, step_key
+    if mesh is None:
+        state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
+        return model, optimizer, state, step_key
+    place = placement(cfg, mesh, params, optimizer)
+    params = jax.device_put(params, place.state.params)
+    opt_state = jax.jit(optimizer.init, out_shardings=place.state.opt_state)(params)
+    state = TrainState(step=jax.device_put(jnp.int32(0), place.replicated), params=params, opt_state=opt_state)
+    return Transformer(cfg.model, mesh=mesh), optimizer, state, step_key
+
+
+def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
+    """Shardings for a run on `mesh`: expert kernels over 'expert', optimizer state like its parameter,
+    batches over every device. Raises ValueError when experts or batch do not divide over the mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from switchrepro.model.t5 import logical_axes
+    from switchrepro.moe import parallel
+
+    if cfg.model.moe is not None:
+        parallel.check_experts(cfg.model.moe.num_experts, mesh)
+    parallel.check_batch(cfg.data.batch_size, mesh)
+    param_sh = parallel.tree_shardings(mesh, logical_axes(cfg.model))
+    opt_abstract = jax.eval_shape(optimizer.init, params)
+    opt_sh = parallel.opt_state_shardings(mesh, opt_abstract, params, param_sh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return Placement(mesh, TrainState(step=replicated, params=param_sh, opt_state=opt_sh),
+                     NamedSharding(mesh, parallel.BATCH), replicated)
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
-          stop_after: Optional[int] = None, echo: Callable[[str], None] = print) -> RunResult:
+          stop_after: Optional[int] = None, echo: Callable[[str], None] = print, mesh=None) -> RunResult:
     """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
 
     Args:
       train_cache, eval_cache: `switchrepro.data.cache.Cache` objects.
       stop_after: stop right after this step without a final checkpoint, as if the process were killed
         there (tests kill-and-resume; the next run resumes from the last periodic checkpoint).
+      mesh: a ('data', 'expert') jax Mesh (switchrepro.moe.parallel.make_mesh) for data and expert
+        parallelism, or None for one device. Metrics equal the one-device run's up to float32 rounding
+        when every device routes the same groups (see MoeFeedForward).
     """
     from switchrepro.data import cache as data_cache
     from switchrepro.train import checkpoint
@@ -250,8 +306,9 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     cfg.validate()
     tc, dc = cfg.train, cfg.data
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, optimizer, state, step_key = initial_state(cfg)
+    model, optimizer, state, step_key = initial_state(cfg, mesh)
     params = state.params
+    place = None if mesh is None else placement(cfg, mesh, params, optimizer)
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state)
     start = int(state.step)
@@ -263,14 +320,18 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
          f"{train_cache.num_examples:,} train examples, {tc.steps} steps x {dc.batch_size} = {epochs:.3f} epochs"
          + (f" | resuming at step {start}" if start else ""))
     if cfg.model.moe is not None:
-        echo("expert capacity per layer: " + capacity_summary(cfg, dc))
+        echo("expert capacity per layer: " + capacity_summary(cfg, dc, 1 if mesh is None else mesh.size))
     if start == 0:
         log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
                    "train_examples": train_cache.num_examples})
 
-    train_step = make_train_step(model, optimizer, tc)
-    eval_step = make_eval_step(model)
+    train_step = make_train_step(model, optimizer, tc, place)
+    eval_step = make_eval_step(model, place)
     eval_batches = lambda: data_cache.eval_batches(eval_cache, dc.batch_size, dc.eval_examples)
+    place_batch = (lambda b: b) if place is None else place.place_batch
+    if place is not None:
+        echo(memory_summary(train_step, state, place_batch(data_cache.train_batch(train_cache, 0, dc.batch_size,
+                                                                                  tc.seed)), step_key, mesh))
     last_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
     show = tc.progress if progress is None else progress
     bar = _progress(start, tc.steps, show)
@@ -280,7 +341,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     step = start
     for step in range(start + 1, last_step + 1):
         batch = data_cache.train_batch(train_cache, step - 1, dc.batch_size, tc.seed)
-        state, metrics = train_step(state, batch, step_key)
+        state, metrics = train_step(state, place_batch(batch), step_key)
         do_log = step % tc.log_every == 0 or step == tc.steps
         do_eval = step % tc.eval_every == 0 or step == tc.steps
         if do_log or do_eval:
@@ -293,7 +354,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
                 diverged_at = step
                 row["diverged"] = True
             if do_eval and diverged_at is None:
-                row.update(evaluate(eval_step, state.params, eval_batches()))
+                row.update(evaluate(eval_step, state.params, eval_batches(), place_batch))
             log.write(row)
             final = row
             bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{row['eval_neg_log_perplexity']:.3f}"}
@@ -327,14 +388,29 @@ def _last_eval_row(path: Path) -> Dict[str, Any]:
     return evals[-1] if evals else {}
 
 
-def capacity_summary(cfg: ExperimentConfig, dc) -> str:
+def memory_summary(train_step, state, batch, step_key, mesh) -> str:
+    """Per-device bytes of parameters, optimizer state and the step's temporaries (XLA's estimate)."""
+    from switchrepro.moe import parallel
+
+    mib = lambda b: f"{b / 2**20:.1f} MiB"
+    params, opt = parallel.per_device_bytes(state.params), parallel.per_device_bytes(state.opt_state)
+    try:
+        mem = train_step.lower(state, batch, step_key).compile().memory_analysis()
+        temp = mib(mem.temp_size_in_bytes) if mem is not None else "n/a"
+    except Exception:  # not every backend reports memory
+        temp = "n/a"
+    return (f"mesh {parallel.describe(mesh)} ({mesh.size} devices, {jax.process_count()} process(es)); "
+            f"per device: params {mib(params)}, optimizer state {mib(opt)}, step activations/temporaries {temp}")
+
+
+def capacity_summary(cfg: ExperimentConfig, dc, devices: int = 1) -> str:
     from switchrepro.moe.routing import expert_capacity, num_groups
 
     m = cfg.model.moe
     parts = []
     for stack, length in (("encoder", dc.inputs_length), ("decoder", dc.targets_length)):
         tokens = dc.batch_size * length
-        g = num_groups(tokens, m.group_size)
+        g = num_groups(tokens, m.group_size, multiple_of=devices)
         s = tokens // g
         train_c, eval_c = (expert_capacity(s, m.num_experts, cf, m.min_capacity, m.capacity_rounding)
                            for cf in (m.capacity_factor_train, m.capacity_factor_eval))
