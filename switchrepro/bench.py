@@ -158,3 +158,51 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
 
 
 __all__ = ["run_moe_bench", "layer_time", "whole_model_rate", "ExperimentConfig"]
+
+
+def run_mesh_bench(mesh_sizes: dict, expert_counts: List[int], repeats: int = 5, tokens: int = 4096,
+                   d_model: int = 256, d_ff: int = 1024, group_size: int = 512, capacity_factor: float = 1.25,
+                   echo: Callable[[str], None] = print) -> str:
+    """Expert parallelism: forward+backward of one Switch layer on one device and on the mesh, and the
+    all-to-all bytes each device sends per training step (computed from the buffer shapes).
+
+    On simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) the mesh time measures
+    the cost of the partitioned program and its collectives on one CPU, not a speed-up.
+    """
+    from jax.sharding import NamedSharding
+
+    from switchrepro.moe import parallel
+    from switchrepro.moe.routing import expert_capacity, num_groups
+
+    mesh = parallel.make_mesh(mesh_sizes)
+    lines: List[str] = []
+
+    def out(s: str = "") -> None:
+        lines.append(s)
+        echo(s)
+
+    out(f"## Expert parallelism, mesh {parallel.describe(mesh)} ({mesh.size} {jax.devices()[0].platform} devices), "
+        f"{tokens} tokens, d_model {d_model}, d_ff {d_ff}, groups of <= {group_size}, cf {capacity_factor}, "
+        f"median of {repeats}")
+    out()
+    out("| experts | experts/device | C | 1 device ms/step | mesh ms/step | all-to-all MiB/step/device |")
+    out("|---|---|---|---|---|---|")
+    x = jax.random.normal(jax.random.PRNGKey(0), (tokens // 128, 128, d_model), jnp.float32)
+    xs = jax.device_put(x, NamedSharding(mesh, parallel.BATCH))
+    for e in expert_counts:
+        parallel.check_experts(e, mesh)
+        moe = MoeConfig(num_experts=e, capacity_factor_train=capacity_factor, group_size=group_size)
+        make = lambda m: MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,
+                                        dtype=jnp.float32, mesh=m)
+        one = 1e3 * layer_time(make(None), x, repeats)
+        sharded = 1e3 * layer_time(make(mesh), xs, repeats)
+        local = tokens // mesh.size
+        s = local // num_groups(local, group_size)
+        c = expert_capacity(s, e, capacity_factor, moe.min_capacity, moe.capacity_rounding)
+        a2a = parallel.all_to_all_bytes(tokens, group_size, e, c, d_model, 4, mesh)
+        out(f"| {e} | {e // mesh.shape['expert']} | {c} | {one:.1f} | {sharded:.1f} | "
+            f"{a2a['train_step_bytes_per_device'] / 2**20:.2f} |")
+    out()
+    out("All-to-all bytes: each device's [E, G_local, C, d_model] float32 buffer, of which (D_e - 1)/D_e leaves "
+        "the device, out and back, forward and backward.")
+    return "\n".join(lines) + "\n"

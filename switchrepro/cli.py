@@ -515,12 +515,29 @@ def bench():
 @click.option("--whole-model-steps", default=20, type=int, help="Steps timed for the whole-model comparison.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the tables as markdown here.")
-def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Optional[Path]):
-    """Forward+backward time of dense vs Switch layers, and whole-model examples/sec."""
+@click.option("--mesh", "mesh_text", default=None, metavar="data=N,expert=M",
+              help="Benchmark expert parallelism on this mesh instead (on CPU, simulate devices with "
+                   "XLA_FLAGS=--xla_force_host_platform_device_count=N).")
+@click.option("--tokens", default=4096, type=int, show_default=True, help="Tokens per step (layer tables).")
+def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Optional[Path], mesh_text, tokens: int):
+    """Forward+backward time of dense vs Switch layers, and whole-model examples/sec; with --mesh, one device
+    vs the mesh and the all-to-all bytes per step."""
     from switchrepro import bench as B
 
     counts: List[int] = [int(x) for x in experts.split(",") if x]
-    text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, echo=click.echo)
+    if mesh_text:
+        from switchrepro.moe import parallel
+
+        try:
+            sizes = parallel.parse_mesh(mesh_text)
+            for e in counts:
+                parallel.check_experts(e, parallel.make_mesh(sizes))
+        except ValueError as err:
+            raise UserError(str(err)) from err
+        text = B.run_mesh_bench(sizes, counts, repeats=repeats, tokens=tokens, echo=click.echo)
+    else:
+        text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, tokens=tokens,
+                               echo=click.echo)
     if output:
         output.write_text(text)
 

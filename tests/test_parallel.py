@@ -241,3 +241,17 @@ def test_train_on_a_mesh_with_jax_distributed_matches_one_device(cheap_compiles,
     assert "jax.distributed: process 0 of 1, 8 local / 8 global devices" in out.stdout
     assert "mesh data=2,expert=4 (8 devices, 1 process(es)); per device: params" in out.stdout
     _assert_same_metrics(_metrics(tmp_path / "one"), _metrics(tmp_path / "mesh"))
+
+
+def test_bench_moe_on_a_mesh_reports_time_and_all_to_all_bytes(cheap_compiles):
+    out = CliRunner().invoke(main, ["bench", "moe", "--mesh", "data=2,expert=4", "--experts", "8",
+                                    "--repeats", "1", "--tokens", "1024"])
+    assert out.exit_code == 0, out.output
+    row = [ln for ln in out.output.splitlines() if ln.startswith("| 8 |")][0].split("|")
+    # 128 local tokens in one group of 128: C = round(1.25 * 128 / 8) = 20; buffer 8*1*20*256*4 bytes,
+    # 3/4 of it sent out and back, forward and backward: 0.47 MiB.
+    assert row[2].strip() == "2" and row[3].strip() == "20"
+    assert float(row[4]) > 0 and float(row[5]) > 0
+    assert row[6].strip() == f"{4 * 8 * 20 * 256 * 4 * 3 / 4 / 2**20:.2f}"
+    bad = CliRunner().invoke(main, ["bench", "moe", "--mesh", "expert=8", "--experts", "4"])
+    assert bad.exit_code == 2 and "4 experts do not divide over mesh axis expert=8" in bad.output
