@@ -327,7 +327,9 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
               show_default=True)
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Checkpoints and full logs of every run.")
-def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir, runs_dir):
+@_parallel_options
+def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir, runs_dir, mesh_text, distributed,
+        coordinator, num_processes, process_id):
     """Reproduce a paper TABLE (table1, table2, table3, table11, scaling): train its rows x seeds, collect
     the metrics, print them beside the paper's and judge each claim. Stopping and rerunning is safe:
     finished runs are reused, interrupted ones resume."""
@@ -357,12 +359,16 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     from switchrepro.train import trainer
     from switchrepro.train.checkpoint import CheckpointError
 
+    mesh = setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
+    for r in runs:
+        check_mesh(r.config, mesh)
+
     def train_one(r):
         prepare_run_dir(r.config, r.operative_gin, r.run_dir)
         train_cache, eval_cache = load_caches(r.config)
         try:
             trainer.train(r.config, r.run_dir, train_cache=train_cache, eval_cache=eval_cache,
-                          echo=lambda m: click.echo("  " + m), stop_after=_stop_after())
+                          echo=lambda m: click.echo("  " + m), stop_after=_stop_after(), mesh=mesh)
         except CheckpointError as e:
             raise UserError(str(e)) from e
 

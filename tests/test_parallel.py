@@ -255,3 +255,11 @@ def test_bench_moe_on_a_mesh_reports_time_and_all_to_all_bytes(cheap_compiles):
     assert row[6].strip() == f"{4 * 8 * 20 * 256 * 4 * 3 / 4 / 2**20:.2f}"
     bad = CliRunner().invoke(main, ["bench", "moe", "--mesh", "expert=8", "--experts", "4"])
     assert bad.exit_code == 2 and "4 experts do not divide over mesh axis expert=8" in bad.output
+
+
+def test_run_table_checks_the_mesh_before_training(tmp_path):
+    out = CliRunner().invoke(main, ["run", "table1", "--scale", "smoke", "--rows", "Switch-Base cf1.0",
+                                    "--mesh", "expert=8", "--gin", "MoeConfig.num_experts = 4",
+                                    "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")])
+    assert out.exit_code == 2 and "4 experts do not divide over mesh axis expert=8" in out.output, out.output
+    assert not (tmp_path / "runs").exists()
