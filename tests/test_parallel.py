@@ -66,7 +66,7 @@ def layer_reference():
     return params, x, _layer_loss_and_grads(MoeFeedForward(MESH_MOE, 32, 64), params, x)
 
 
-def _layer_loss_and_grads(layer, params, x, cfg_router=None):
+def _layer_loss_and_grads(layer, params, x):
     def loss(p, x):
         y, metrics = layer.apply(p, x, deterministic=False, rngs={"jitter": jax.random.PRNGKey(3)})
         return jnp.sum(y**2) + metrics.total_aux_loss, (y, metrics.fraction_dropped)
