@@ -192,8 +192,9 @@ def run_mesh_bench(mesh_sizes: dict, expert_counts: List[int], repeats: int = 5,
     for e in expert_counts:
         parallel.check_experts(e, mesh)
         moe = MoeConfig(num_experts=e, capacity_factor_train=capacity_factor, group_size=group_size)
-        make = lambda m: MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,
-                                        dtype=jnp.float32, mesh=m)
+        def make(m, moe=moe):
+            return MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,
+                                  dtype=jnp.float32, mesh=m)
         one = 1e3 * layer_time(make(None), x, repeats)
         sharded = 1e3 * layer_time(make(mesh), xs, repeats)
         local = tokens // mesh.size

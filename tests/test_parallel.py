@@ -84,7 +84,7 @@ def test_expert_parallel_layer_equals_one_device(cheap_compiles, layer_reference
     np.testing.assert_allclose(y1, y0, atol=1e-6)
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     assert float(dropped1) == float(dropped0)
-    for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1)):
+    for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):
         np.testing.assert_allclose(g1, g0, atol=1e-6, rtol=1e-5)
 
 
@@ -97,7 +97,7 @@ def test_expert_parallel_top2_equals_one_device(cheap_compiles):
     (l1, (y1, _)), g1 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64, mesh=mesh), params,
                                                jax.device_put(x, NamedSharding(mesh, parallel.BATCH)))
     np.testing.assert_allclose(y1, y0, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
 
 
@@ -140,13 +140,14 @@ def test_sharded_train_step_equals_unsharded(cheap_compiles, mesh_experiment):
     s1, m1 = trainer.make_train_step(model1, opt1, cfg.train, place)(state1, place.place_batch(batch), key)
     for k in ("loss", "cross_entropy", "aux_loss", "fraction_dropped", "grad_norm"):
         np.testing.assert_allclose(m1[k], m0[k], rtol=2e-6, atol=1e-7, err_msg=k)
-    for a, b, before in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s1.params), jax.tree.leaves(unsharded_params)):
+    for a, b, before in zip(jax.tree.leaves(s0.params),
+                             jax.tree.leaves(s1.params), jax.tree.leaves(unsharded_params), strict=True):
         assert not np.array_equal(a, before) or np.all(before == 0)  # the step did update
         np.testing.assert_allclose(b, a, atol=2e-6, rtol=1e-5)
 
 
 def _assert_trees_close(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=0)
 
 
@@ -189,7 +190,7 @@ def _metrics(run_dir):
 
 def _assert_same_metrics(a, b):
     assert len(a) == len(b)
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra.keys() == rb.keys()
         for k, va in ra.items():
             if isinstance(va, float):

@@ -110,7 +110,7 @@ def opt_state_shardings(mesh: Mesh, opt_state: Any, params: Any, param_shardings
     parameter takes that parameter's spec on the axes it keeps; scalars (the step count) are replicated.
     """
     flat_params = {jax.tree_util.keystr(k): (v.shape, s.spec) for (k, v), s in zip(
-        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings))}
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings), strict=True)}
 
     def for_leaf(path, leaf):
         key = jax.tree_util.keystr(path)

@@ -137,7 +137,8 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
     if placement is None:
         return jax.jit(train_step, donate_argnums=(0,))
-    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(placement.state, placement.batch, placement.replicated),
+    return jax.jit(train_step, donate_argnums=(0,),
+                   in_shardings=(placement.state, placement.batch, placement.replicated),
                    out_shardings=(placement.state, placement.replicated))
 
 
