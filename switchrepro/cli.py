@@ -314,6 +314,38 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
                + (f"; {out['eval_fraction_dropped']:.2%} of routed tokens dropped" if "eval_fraction_dropped" in out
                   else ""))
 
+@main.command("inspect")
+@click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--examples", type=click.IntRange(1), default=64, show_default=True,
+              help="Held-out examples to look at (the first ones of the validation split).")
+@click.option("--steps", default=None, help="Checkpoint steps, comma-separated (default: every one kept).")
+def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
+    """Per FFN layer of the checkpoints in RUN_DIR: how much the FFN branch adds to the residual stream and,
+    for sparse layers, the chosen expert's gate against 1/E, the dropped share and how many tokens keep their
+    expert from one checkpoint to the next."""
+    from switchrepro.data import cache as data_cache
+    from switchrepro.train import inspect as inspect_lib
+
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
+    cfg = config_from_dict(json.loads(saved.read_text()))
+    try:
+        wanted = None if steps is None else [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps takes comma-separated integers, e.g. --steps 400,600; got {steps!r}") from None
+    _, eval_cache = load_caches(cfg)
+    n = min(examples, eval_cache.num_examples)
+    batch, _ = next(data_cache.eval_batches(eval_cache, n, n))
+    try:
+        table = inspect_lib.inspect_run(cfg, run_dir, batch, wanted)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"{run_dir}: {n} held-out examples, evaluation path (capacity factor "
+               f"{cfg.model.moe.capacity_factor_eval if cfg.model.moe else '-'})")
+    click.echo(table.to_markdown(index=False, floatfmt=".4f"))
+
+
 @main.command()
 @click.argument("table")
 @click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True,

