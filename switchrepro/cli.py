@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -273,7 +274,7 @@ def prepare_run_dir(cfg: C.ExperimentConfig, operative: str, run_dir: Path) -> N
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(as_dict, indent=2, sort_keys=True) + "\n")
     (run_dir / "config.gin").write_text(operative)
-    (run_dir / "command.txt").write_text(" ".join(["switchrepro"] + sys.argv[1:]) + "\n")
+    (run_dir / "command.txt").write_text(shlex.join(["switchrepro"] + sys.argv[1:]) + "\n")  # copy-paste runnable
 
 
 def _stop_after() -> Optional[int]:

@@ -256,18 +256,23 @@ def initial_state(cfg: ExperimentConfig, mesh=None):
     ('data', 'expert') `mesh`, the model is expert-parallel and the state is placed on the mesh (see
     `placement`); the initial values do not depend on the mesh.
     """
+    return _initial_state_and_placement(cfg, mesh)[:4]
+
+
+def _initial_state_and_placement(cfg: ExperimentConfig, mesh):
+    """`initial_state` plus the mesh `Placement` it used (None without a mesh), so `train` builds it once."""
     init_key, step_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
     model, params = init_params(cfg.model, init_key, inputs_length=cfg.data.inputs_length,
                                 targets_length=cfg.data.targets_length)
     optimizer = make_optimizer(cfg.train)
     if mesh is None:
         state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params))
-        return model, optimizer, state, step_key
+        return model, optimizer, state, step_key, None
     place = placement(cfg, mesh, params, optimizer)
     params = jax.device_put(params, place.state.params)
     opt_state = jax.jit(optimizer.init, out_shardings=place.state.opt_state)(params)
     state = TrainState(step=jax.device_put(jnp.int32(0), place.replicated), params=params, opt_state=opt_state)
-    return Transformer(cfg.model, mesh=mesh), optimizer, state, step_key
+    return Transformer(cfg.model, mesh=mesh), optimizer, state, step_key, place
 
 
 def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
@@ -307,9 +312,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     cfg.validate()
     tc, dc = cfg.train, cfg.data
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, optimizer, state, step_key = initial_state(cfg, mesh)
+    model, optimizer, state, step_key, place = _initial_state_and_placement(cfg, mesh)
     params = state.params
-    place = None if mesh is None else placement(cfg, mesh, params, optimizer)
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state)
     start = int(state.step)
