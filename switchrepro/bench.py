@@ -160,12 +160,13 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
 __all__ = ["run_moe_bench", "layer_time", "whole_model_rate", "ExperimentConfig"]
 
 
-def run_mesh_bench(mesh_sizes: dict, expert_counts: List[int], repeats: int = 5, tokens: int = 4096,
+def run_mesh_bench(mesh, expert_counts: List[int], repeats: int = 5, tokens: int = 4096,
                    d_model: int = 256, d_ff: int = 1024, group_size: int = 512, capacity_factor: float = 1.25,
                    echo: Callable[[str], None] = print) -> str:
     """Expert parallelism: forward+backward of one Switch layer on one device and on the mesh, and the
     all-to-all bytes each device sends per training step (computed from the buffer shapes).
 
+    `mesh` is a ('data', 'expert') mesh from `parallel.make_mesh`; every expert count must divide over it.
     On simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) the mesh time measures
     the cost of the partitioned program and its collectives on one CPU, not a speed-up.
     """
@@ -174,7 +175,6 @@ def run_mesh_bench(mesh_sizes: dict, expert_counts: List[int], repeats: int = 5,
     from switchrepro.moe import parallel
     from switchrepro.moe.routing import expert_capacity, num_groups
 
-    mesh = parallel.make_mesh(mesh_sizes)
     lines: List[str] = []
 
     def out(s: str = "") -> None:
@@ -190,7 +190,6 @@ def run_mesh_bench(mesh_sizes: dict, expert_counts: List[int], repeats: int = 5,
     x = jax.random.normal(jax.random.PRNGKey(0), (tokens // 128, 128, d_model), jnp.float32)
     xs = jax.device_put(x, NamedSharding(mesh, parallel.BATCH))
     for e in expert_counts:
-        parallel.check_experts(e, mesh)
         moe = MoeConfig(num_experts=e, capacity_factor_train=capacity_factor, group_size=group_size)
         def make(m, moe=moe):
             return MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,

@@ -211,9 +211,7 @@ def check_mesh(cfg: C.ExperimentConfig, mesh) -> None:
     from switchrepro.moe import parallel
 
     try:
-        if cfg.model.moe is not None:
-            parallel.check_experts(cfg.model.moe.num_experts, mesh)
-        parallel.check_batch(cfg.data.batch_size, mesh)
+        parallel.check_fits(mesh, cfg.model.moe and cfg.model.moe.num_experts, cfg.data.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from e
 
@@ -283,6 +281,14 @@ def _stop_after() -> Optional[int]:
     return int(v) if v else None
 
 
+def load_run_config(run_dir: Path) -> C.ExperimentConfig:
+    """The configuration a run directory was trained with (its config.json)."""
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
+    return config_from_dict(json.loads(saved.read_text()))
+
+
 @main.command("eval")
 @click.option("--run-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--eval-examples", type=int, default=None, help="Override the number of held-out examples.")
@@ -292,10 +298,7 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     from switchrepro.train import trainer
     from switchrepro.train.checkpoint import Checkpointer, CheckpointError
 
-    saved = run_dir / "config.json"
-    if not saved.exists():
-        raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
-    cfg = config_from_dict(json.loads(saved.read_text()))
+    cfg = load_run_config(run_dir)
     if eval_examples:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_examples=eval_examples))
     _, eval_cache = load_caches(cfg)
@@ -327,10 +330,7 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
     from switchrepro.data import cache as data_cache
     from switchrepro.train import inspect as inspect_lib
 
-    saved = run_dir / "config.json"
-    if not saved.exists():
-        raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
-    cfg = config_from_dict(json.loads(saved.read_text()))
+    cfg = load_run_config(run_dir)
     try:
         wanted = None if steps is None else [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
@@ -568,12 +568,12 @@ def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Option
         from switchrepro.moe import parallel
 
         try:
-            sizes = parallel.parse_mesh(mesh_text)
-            for e in counts:
-                parallel.check_experts(e, parallel.make_mesh(sizes))
+            mesh = parallel.make_mesh(parallel.parse_mesh(mesh_text))
+            for e in counts:  # before any timing
+                parallel.check_experts(e, mesh)
         except ValueError as err:
             raise UserError(str(err)) from err
-        text = B.run_mesh_bench(sizes, counts, repeats=repeats, tokens=tokens, echo=click.echo)
+        text = B.run_mesh_bench(mesh, counts, repeats=repeats, tokens=tokens, echo=click.echo)
     else:
         text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, tokens=tokens,
                                echo=click.echo)

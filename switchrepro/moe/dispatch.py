@@ -53,6 +53,14 @@ def einsum_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: Expert
     return jnp.einsum("egcm,gsec->gsm", out, combine)
 
 
+def _buffer_addresses(routing: Routing, capacity: int):
+    """(expert, group, slot) <int32>[G, S, K] of every assignment; dropped ones get slot C, out of range,
+    so they are neither written (mode='drop') nor read back (mode='fill')."""
+    expert = routing.expert_index
+    group = jnp.broadcast_to(jnp.arange(expert.shape[0])[:, None, None], expert.shape)
+    return expert, group, jnp.where(routing.kept, routing.position, capacity)
+
+
 def scatter_to_buffers(x: Array, routing: Routing, capacity: int, num_experts: Optional[int] = None) -> Array:
     """Each kept assignment's token copied into its slot: <dtype>[E, G, C, M] (unused slots 0).
 
@@ -65,10 +73,7 @@ def scatter_to_buffers(x: Array, routing: Routing, capacity: int, num_experts: O
     num_experts = routing.probs.shape[-1] if num_experts is None else num_experts
     g, s, m = x.shape
     k = routing.expert_index.shape[-1]
-    expert = routing.expert_index  # [G, S, K]
-    group = jnp.broadcast_to(jnp.arange(g)[:, None, None], expert.shape)
-    # Slot C is out of range: dropped assignments are not written (mode='drop').
-    slot = jnp.where(routing.kept, routing.position, capacity)
+    expert, group, slot = _buffer_addresses(routing, capacity)
     copies = jnp.broadcast_to(x[:, :, None, :], (g, s, k, m))  # one copy of the token per choice
     return jnp.zeros((num_experts, g, capacity, m), x.dtype).at[expert, group, slot].set(copies, mode="drop")
 
@@ -76,9 +81,7 @@ def scatter_to_buffers(x: Array, routing: Routing, capacity: int, num_experts: O
 def combine_from_buffers(out: Array, routing: Routing, capacity: int) -> Array:
     """Inverse of scatter_to_buffers, weighted: <dtype>[E, G, C, M] expert outputs -> <dtype>[G, S, M],
     the sum over kept assignments of gate * output (0 for dropped ones)."""
-    expert = routing.expert_index
-    group = jnp.broadcast_to(jnp.arange(expert.shape[0])[:, None, None], expert.shape)
-    slot = jnp.where(routing.kept, routing.position, capacity)
+    expert, group, slot = _buffer_addresses(routing, capacity)
     back = out.at[expert, group, slot].get(mode="fill", fill_value=0)  # [G, S, K, M]
     return jnp.einsum("gskm,gsk->gsm", back, routing.gate.astype(out.dtype))
 

@@ -88,6 +88,13 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
                          f"{describe(mesh)}: use a multiple of {mesh.size}")
 
 
+def check_fits(mesh: Mesh, num_experts: Optional[int], batch_size: int) -> None:
+    """A run's experts (None for a dense model) and batch must divide over `mesh`; ValueError says how."""
+    if num_experts is not None:
+        check_experts(num_experts, mesh)
+    check_batch(batch_size, mesh)
+
+
 # --------------------------------------------------------------------------------------- shardings
 
 

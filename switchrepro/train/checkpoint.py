@@ -22,11 +22,17 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()  # a killed run must never leave a half-written latest step
 
+    def steps(self) -> list[int]:
+        """The kept checkpoint steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def restore_latest(self, state):
         """Returns `state` restored from the latest checkpoint, or `state` unchanged if there is none."""
         step = self.manager.latest_step()
-        if step is None:
-            return state
+        return state if step is None else self.restore(state, step)
+
+    def restore(self, state, step: int):
+        """`state` (for its structure, shapes and shardings) restored from checkpoint `step`."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))

@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Iterable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pandas as pd
 
 from switchrepro.config import ExperimentConfig
+from switchrepro.train.checkpoint import Checkpointer, CheckpointError
 
 
 def agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -75,18 +74,20 @@ def inspect_run(cfg: ExperimentConfig, run_dir: Path, batch: Dict[str, np.ndarra
     from switchrepro.train import trainer
 
     model, _, state, _ = trainer.initial_state(cfg)
-    manager = ocp.CheckpointManager(Path(run_dir, "checkpoints").absolute())
-    available = sorted(manager.all_steps())
+    ckpt = Checkpointer(Path(run_dir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+    available = ckpt.steps()
     steps = available if steps is None else sorted(steps)
     missing = sorted(set(steps) - set(available))
     if not available or missing:
         raise ValueError(f"checkpoint steps {missing or 'any'} not in {run_dir}/checkpoints (has {available}); "
                          "pass steps that exist")
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
     experts = cfg.model.moe.num_experts if cfg.model.moe is not None else None
     rows, previous = [], None
     for step in steps:
-        params = manager.restore(step, args=ocp.args.StandardRestore(abstract)).params
+        try:
+            params = ckpt.restore(state, step).params
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e
         stats = layer_stats(model, params, batch)
         for layer, st in stats.items():
             row = {"step": step, "layer": layer, "sparse": "expert_index" in st, "input_rms": st["input_rms"],
@@ -99,5 +100,5 @@ def inspect_run(cfg: ExperimentConfig, run_dir: Path, batch: Dict[str, np.ndarra
                                                              st["mask"]) if previous else float("nan"))
             rows.append(row)
         previous = stats
-    manager.close()
+    ckpt.close()
     return pd.DataFrame(rows)

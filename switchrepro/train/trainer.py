@@ -283,9 +283,7 @@ def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
     from switchrepro.model.t5 import logical_axes
     from switchrepro.moe import parallel
 
-    if cfg.model.moe is not None:
-        parallel.check_experts(cfg.model.moe.num_experts, mesh)
-    parallel.check_batch(cfg.data.batch_size, mesh)
+    parallel.check_fits(mesh, cfg.model.moe and cfg.model.moe.num_experts, cfg.data.batch_size)
     param_sh = parallel.tree_shardings(mesh, logical_axes(cfg.model))
     opt_abstract = jax.eval_shape(optimizer.init, params)
     opt_sh = parallel.opt_state_shardings(mesh, opt_abstract, params, param_sh)
