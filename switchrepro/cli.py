@@ -8,8 +8,9 @@ gin binds the plain dataclasses of `switchrepro.config` by their class names:
     TrainConfig.steps = 200
     DataConfig.batch_size = 32
 
-Bad input (unknown gin file or binding, impossible values, missing data, an
-unreadable checkpoint) prints one line and exits with status 2.
+Bad input (unknown gin file or binding, a bad option value, impossible values, missing data, a damaged
+run file, an unwritable path) prints one `error:` line and exits with status 2. The full detail of a
+library error goes to the run directory's errors.log; SWITCHREPRO_DEBUG=1 shows tracebacks instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,80 @@ class UserError(click.ClickException):
 
     def show(self, file=None):
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("SWITCHREPRO_DEBUG"))
+
+
+class OneLineErrors(click.Group):
+    """Click's own usage errors (a bad option value, an unknown command or option) and OS errors on a path
+    become the CLI's one `error:` line with exit status 2, like every other user error."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_error(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_error(e) from None
+        except C.DamagedFileError as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            if _debug():
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            raise UserError(f"{e.strerror or type(e).__name__}{where}") from None
+
+
+def _usage_error(e: click.UsageError) -> UserError:
+    path = e.ctx.command_path.split(" ") if e.ctx is not None else []
+    command = " ".join(["switchrepro", *path[1:]])  # the program name, however it was invoked
+    message = " ".join(e.format_message().split())
+    return UserError(f"{message} (see `{command} --help`)")
+
+
+def log_error_detail(run_dir: Path, detail: str) -> Path:
+    """Appends a library error's full text to RUN_DIR/errors.log (the `error:` line stays short)."""
+    import time as _time
+
+    path = Path(run_dir) / "errors.log"
+    with path.open("a") as f:
+        f.write(f"{_time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(['switchrepro'] + sys.argv[1:])}\n{detail}\n\n")
+    return path
+
+
+def checkpoint_user_error(e, run_dir: Path) -> UserError:
+    return UserError(f"{e} (full error in {log_error_detail(run_dir, e.detail or str(e))})")
+
+
+def ensure_writable(path: Path, option: str) -> None:
+    """Creates `path` and a file in it, so an unwritable directory fails before any training."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {path} ({e.strerror or type(e).__name__}); pass a writable {option}") \
+            from None
+
+
+def backend_line() -> str:
+    """One line on what JAX computes with (the accelerator probing itself stays quiet)."""
+    import jax
+
+    devices = jax.devices()
+    return (f"jax {jax.__version__}: {jax.default_backend()} backend, {len(devices)} device(s) "
+            f"({devices[0].device_kind})")
 
 
 # ------------------------------------------------------------------------------------------------ gin
@@ -158,7 +233,7 @@ def load_caches(cfg: C.ExperimentConfig, echo=click.echo):
 # ------------------------------------------------------------------------------------------------ commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Reproduce the Switch Transformer paper's tables with JAX/Flax, offline by default."""
 
@@ -238,16 +313,23 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
     cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
     check_mesh(cfg, mesh)
     from switchrepro.train import trainer
-    from switchrepro.train.checkpoint import CheckpointError
+    from switchrepro.train.run_lock import run_dir_lock
 
-    prepare_run_dir(cfg, operative, run_dir)
-    train_cache, eval_cache = load_caches(cfg)
+    ensure_writable(run_dir, "--run-dir")
+    lock = run_dir_lock(run_dir)
+    if not lock.try_acquire():
+        raise UserError(f"{run_dir} is being trained by {lock.holder()}; wait for it to finish or use another "
+                        "--run-dir")
     try:
-        result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
-                               progress=not no_progress and cfg.train.progress, echo=click.echo,
-                               stop_after=_stop_after(), mesh=mesh)
-    except CheckpointError as e:
-        raise UserError(str(e)) from e
+        prepare_run_dir(cfg, operative, run_dir)
+        train_cache, eval_cache = load_caches(cfg)
+        click.echo(backend_line())
+        with run_file_errors(run_dir):
+            result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
+                                   progress=not no_progress and cfg.train.progress, echo=click.echo,
+                                   stop_after=_stop_after(), mesh=mesh)
+    finally:
+        lock.release()
     final = result.final
     if result.diverged_at is not None:
         click.echo(f"diverged at step {result.diverged_at}; metrics in {result.metrics_path}")
@@ -261,12 +343,31 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
     click.echo(f"metrics: {result.metrics_path}")
 
 
+@contextlib.contextmanager
+def run_file_errors(run_dir: Path):
+    """A damaged checkpoint or metrics file of `run_dir` as one `error:` line (detail in its errors.log)."""
+    from switchrepro.train.checkpoint import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as e:
+        raise checkpoint_user_error(e, run_dir) from e
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is damaged ({what} is not valid JSON: {e.msg} at line {e.lineno}); "
+                        "restore it from a copy or delete it") from None
+
+
 def prepare_run_dir(cfg: C.ExperimentConfig, operative: str, run_dir: Path) -> None:
     """Refuses a run directory that holds another configuration; saves config.json, the operative
     gin config and the command line."""
     saved = run_dir / "config.json"
     as_dict = C.to_dict(cfg)
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(as_dict)):
+    if saved.exists() and _read_json(saved, "the run's configuration") != json.loads(json.dumps(as_dict)):
         raise UserError(f"{run_dir} holds a run with a different configuration (see {saved}); "
                         "use a new --run-dir or delete that one")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +387,11 @@ def load_run_config(run_dir: Path) -> C.ExperimentConfig:
     saved = run_dir / "config.json"
     if not saved.exists():
         raise UserError(f"{run_dir} has no config.json: is it a switchrepro run directory?")
-    return config_from_dict(json.loads(saved.read_text()))
+    try:
+        return config_from_dict(_read_json(saved, "the run's configuration"))
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{saved} is not a switchrepro run configuration ({type(e).__name__}: {e}); "
+                        "restore it from a copy") from None
 
 
 @main.command("eval")
@@ -296,7 +401,7 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     """Score the latest checkpoint in RUN_DIR on held-out data (negative log-perplexity, nats/token)."""
     from switchrepro.data import cache as data_cache
     from switchrepro.train import trainer
-    from switchrepro.train.checkpoint import Checkpointer, CheckpointError
+    from switchrepro.train.checkpoint import Checkpointer
 
     cfg = load_run_config(run_dir)
     if eval_examples:
@@ -306,10 +411,8 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
     if ckpt.manager.latest_step() is None:
         raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    try:
-        state = ckpt.restore_latest(state)
-    except CheckpointError as e:
-        raise UserError(str(e)) from e
+    with run_file_errors(run_dir):
+        state = ckpt.restore_latest(state, echo=click.echo)
     ckpt.close()
     out = trainer.evaluate(trainer.make_eval_step(model), state.params,
                            data_cache.eval_batches(eval_cache, cfg.data.batch_size, cfg.data.eval_examples))
@@ -339,7 +442,8 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
     n = min(examples, eval_cache.num_examples)
     batch, _ = next(data_cache.eval_batches(eval_cache, n, n))
     try:
-        table = inspect_lib.inspect_run(cfg, run_dir, batch, wanted)
+        with run_file_errors(run_dir):
+            table = inspect_lib.inspect_run(cfg, run_dir, batch, wanted)
     except ValueError as e:
         raise UserError(str(e)) from e
     click.echo(f"{run_dir}: {n} held-out examples, evaluation path (capacity factor "
@@ -375,9 +479,9 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     row_names = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    build = lambda files, b: parse_config(files, [*b, *extra])  # noqa: E731
     try:
-        runs = runner.plan(spec, scale, lambda files, b: parse_config(files, [*b, *extra]), runs_dir,
-                           seeds=seeds, rows=row_names)
+        runs = runner.plan(spec, scale, build, runs_dir, seeds=seeds, rows=row_names)
     except KeyError as e:
         raise UserError(str(e.args[0])) from e
     plan = runner.dry_run_table(runs)
@@ -390,30 +494,36 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
                    f"(estimate at {runner.CPU_FORWARD_GFLOPS:.0f} forward GFLOP/s)")
         return
     from switchrepro.train import trainer
-    from switchrepro.train.checkpoint import CheckpointError
 
     mesh = setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
     for r in runs:
         check_mesh(r.config, mesh)
+    ensure_writable(results_dir, "--results-dir")
+    ensure_writable(runs_dir, "--runs-dir")
+    click.echo(backend_line())
 
     def train_one(r):
         prepare_run_dir(r.config, r.operative_gin, r.run_dir)
         train_cache, eval_cache = load_caches(r.config)
-        try:
+        with run_file_errors(r.run_dir):
             trainer.train(r.config, r.run_dir, train_cache=train_cache, eval_cache=eval_cache,
                           echo=lambda m: click.echo("  " + m), stop_after=_stop_after(), mesh=mesh)
-        except CheckpointError as e:
-            raise UserError(str(e)) from e
 
     t0 = _time.time()
     runner.execute(runs, train_one, echo=click.echo)
-    results, curves, loads = runner.collect(spec, scale, runs)
-    meta = {"command": " ".join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
-            "seeds": seeds or spec.seeds[scale], "rows": [r.name for r in spec.rows] if not row_names else row_names,
+    # The saved table holds every finished run of this table (all rows and seeds, not only the ones this
+    # invocation trained), so `--rows` processes, run one after another or side by side, add up.
+    everything = runs if rows is None and seeds is None else runner.plan(
+        spec, scale, build, runs_dir, seeds=max(seeds or 0, spec.seeds[scale]),
+        rows=list(dict.fromkeys([*(r.name for r in spec.default_rows(scale)), *(row_names or [])])))
+    results, curves, loads = runner.collect(spec, scale, everything)
+    meta = {"command": shlex.join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
+            "seeds": int(results["seed"].nunique()) if len(results) else 0,
+            "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
             "this_invocation_seconds": round(_time.time() - t0, 1),
             "train_seconds_total": float(results["wall_seconds"].sum()) if len(results) else 0.0}
-    path = runner.save(spec, scale, runs, results, curves, loads, results_dir, meta)
-    click.echo(f"results: {path} ({len(results)} of {len(runs)} runs finished)")
+    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
+    click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
     _print_table(spec, scale, results, curves)
 
 
@@ -548,22 +658,43 @@ def bench():
     """Benchmarks (timings are ratios measured in one run; never timed tests)."""
 
 
+def _expert_counts(ctx, param, value: str) -> List[int]:
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"takes comma-separated positive integers, e.g. 8,32; got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"takes comma-separated positive integers, e.g. 8,32; got {value!r}")
+    return counts
+
+
+def _tokens_per_step(ctx, param, value: int) -> int:
+    if value < 128 or value % 128:
+        raise click.BadParameter(f"must be a positive multiple of 128 (sequences of 128 tokens); got {value}")
+    return value
+
+
 @bench.command("moe")
-@click.option("--experts", default="2,8,32,128", help="Comma-separated expert counts.")
-@click.option("--repeats", default=5, type=int, help="Timed repetitions per configuration (median reported).")
-@click.option("--whole-model-steps", default=20, type=int, help="Steps timed for the whole-model comparison.")
+@click.option("--experts", "counts", default="2,8,32,128", callback=_expert_counts,
+              help="Comma-separated expert counts.")
+@click.option("--repeats", default=5, type=click.IntRange(1), help="Timed repetitions per configuration (median).")
+@click.option("--whole-model-steps", default=20, type=click.IntRange(1),
+              help="Steps timed for the whole-model comparison.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the tables as markdown here.")
 @click.option("--mesh", "mesh_text", default=None, metavar="data=N,expert=M",
               help="Benchmark expert parallelism on this mesh instead (on CPU, simulate devices with "
                    "XLA_FLAGS=--xla_force_host_platform_device_count=N).")
-@click.option("--tokens", default=4096, type=int, show_default=True, help="Tokens per step (layer tables).")
-def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Optional[Path], mesh_text, tokens: int):
+@click.option("--tokens", default=4096, type=int, callback=_tokens_per_step, show_default=True,
+              help="Tokens per step (layer tables), a multiple of 128.")
+def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: Optional[Path], mesh_text,
+              tokens: int):
     """Forward+backward time of dense vs Switch layers, and whole-model examples/sec; with --mesh, one device
     vs the mesh and the all-to-all bytes per step."""
     from switchrepro import bench as B
 
-    counts: List[int] = [int(x) for x in experts.split(",") if x]
+    if output is not None:  # fail now, not after minutes of timing
+        ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
     if mesh_text:
         from switchrepro.moe import parallel
 
@@ -571,6 +702,9 @@ def bench_moe(experts: str, repeats: int, whole_model_steps: int, output: Option
             mesh = parallel.make_mesh(parallel.parse_mesh(mesh_text))
             for e in counts:  # before any timing
                 parallel.check_experts(e, mesh)
+            if (tokens // 128) % mesh.size:
+                raise ValueError(f"--tokens {tokens} is {tokens // 128} sequences of 128, which do not divide "
+                                 f"over the {mesh.size} devices of the mesh; pass a multiple of {128 * mesh.size}")
         except ValueError as err:
             raise UserError(str(err)) from err
         text = B.run_mesh_bench(mesh, counts, repeats=repeats, tokens=tokens, echo=click.echo)

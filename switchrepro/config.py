@@ -22,6 +22,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message says what to change."""
 
 
+class DamagedFileError(ValueError):
+    """A run's or a table's saved file cannot be read; the message is one line that names it."""
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)

@@ -13,6 +13,11 @@ import dataclasses  # noqa: E402
 import pytest  # noqa: E402
 
 from switchrepro.config import DataConfig, ExperimentConfig, ModelConfig, MoeConfig, TrainConfig  # noqa: E402
+from switchrepro.train.checkpoint import ignore_closed_loop_callbacks  # noqa: E402
+
+# Installed before pytest's own unraisable-exception hook, which restores it at exit: the damaged-checkpoint
+# tests leave tensorstore reads that call back into a closed event loop during interpreter shutdown.
+ignore_closed_loop_callbacks()
 
 TINY_MODEL = ModelConfig(vocab_size=8192, d_model=64, d_ff=128, num_heads=2, d_kv=16,
                          num_encoder_layers=2, num_decoder_layers=2)

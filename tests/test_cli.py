@@ -35,6 +35,7 @@ def test_train_writes_run_directory_and_prints_quality(trained):
     run_dir, output = trained
     assert "held-out neg. log perplexity" in output
     assert "expert capacity per layer" in output
+    assert "cpu backend, 8 device(s)" in output  # tests/conftest.py simulates 8 CPU devices
     for name in ("config.gin", "config.json", "command.txt", "metrics.jsonl"):
         assert (run_dir / name).is_file()
     assert "MoeConfig.num_experts = 4" in (run_dir / "config.gin").read_text()
@@ -69,15 +70,37 @@ def test_changed_config_in_existing_run_dir_is_refused(trained, cache_root):
     assert result.exit_code == 2 and "different configuration" in result.output
 
 
+def _garble(checkpoint_dir):
+    for f in checkpoint_dir.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+
+
+def test_eval_falls_back_past_a_damaged_newest_checkpoint(trained, tmp_path):
+    run_dir = tmp_path / "broken"
+    shutil.copytree(trained[0], run_dir)
+    _garble(run_dir / "checkpoints" / "12")
+    result = CliRunner().invoke(main, ["eval", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"checkpoint step 12 in {run_dir / 'checkpoints'} does not restore (")
+    assert lines[0].endswith("using step 6") and lines[1].startswith("step 6: held-out neg. log perplexity")
+    assert (run_dir / "checkpoints" / "12").is_dir()  # eval only reads: nothing is moved
+
+
 def test_unreadable_checkpoint_is_a_clear_error(trained, tmp_path):
     run_dir = tmp_path / "broken"
     shutil.copytree(trained[0], run_dir)
-    for f in (run_dir / "checkpoints" / "12").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
+    for step in ("6", "12"):
+        _garble(run_dir / "checkpoints" / step)
     result = CliRunner().invoke(main, ["eval", "--run-dir", str(run_dir)])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: cannot restore checkpoint") and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no checkpoint in") and "Traceback" not in result.output
+    assert len(lines[0].replace(str(run_dir), "")) <= 200
+    assert lines[0].endswith(f"(full error in {run_dir / 'errors.log'})")
+    detail = (run_dir / "errors.log").read_text()
+    assert "switchrepro" in detail.splitlines()[0] and "Error" in detail  # the command, then the library's error
 
 
 @pytest.mark.parametrize("args,message", [

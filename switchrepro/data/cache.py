@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,13 @@ def ensure_cache(task: str, split: str, inputs_length: int, targets_length: int,
     return path
 
 
+# TensorFlow's C++ start-up log lines (absl format, e.g. "E0000 00:00:1796184848.365766 3796 cuda_platform.cc:52]
+# failed call to cuInit"): on a machine without a GPU they read as failures to a new user, and they say nothing
+# about the data. They are kept in the tail used for error messages, but not shown.
+_TF_LOG_NOISE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING: All log messages before "
+                           rb"absl::InitializeLog\(\) is called)")
+
+
 def _run_teeing_stderr(cmd) -> Tuple[int, str]:
     """Run cmd, passing its stderr (the progress bar) through; return (exit code, stderr tail)."""
     # CPU only: the data pipeline must not take accelerator memory from the training process.
@@ -150,14 +158,23 @@ def _run_teeing_stderr(cmd) -> Tuple[int, str]:
     repo = str(Path(__file__).resolve().parents[2])  # works without an installed package too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
-    tail = b""
-    while chunk := os.read(proc.stderr.fileno(), 65536):
-        tail = (tail + chunk)[-65536:]
+    tail, pending = b"", b""
+
+    def show(piece: bytes) -> None:
+        if _TF_LOG_NOISE.match(piece):
+            return
         try:
-            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+            sys.stderr.write(piece.decode("utf-8", errors="replace"))
             sys.stderr.flush()
         except (OSError, ValueError):  # stderr closed or replaced: keep draining the pipe
             pass
+
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        tail = (tail + chunk)[-65536:]
+        *complete, pending = re.split(rb"(?<=[\r\n])", pending + chunk)  # whole lines (and \r progress updates)
+        for piece in complete:
+            show(piece)
+    show(pending)
     proc.stderr.close()
     return proc.wait(), tail.decode("utf-8", errors="replace")
 

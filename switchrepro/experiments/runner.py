@@ -5,6 +5,10 @@ its run directory is `<runs_dir>/<scale>/<table>/<row>-s<seed>-<hash>`. A finish
 metrics.jsonl ends with a "done" or "diverged" event) is never recomputed; an interrupted one
 resumes from its last checkpoint. Stopping a table half-way and running it again is safe and cheap.
 
+Several processes may run one table at once (two `make reproduce`, or `--rows` processes that share a
+row): a process trains a run only while it holds that run directory's lock. A run another process holds
+is put off until the others are done, then waited for; the results files are written under a lock too.
+
 The collected frames follow the contract in `switchrepro.experiments.claims`:
   results: one row per (row, seed); curves: one row per evaluation; loads: per-layer expert load.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -23,8 +28,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from switchrepro.config import ExperimentConfig
+from switchrepro.config import DamagedFileError, ExperimentConfig
 from switchrepro.experiments.spec import Row, TableSpec
+from switchrepro.train.metrics_log import read_metrics
+from switchrepro.train.run_lock import Lock, run_dir_lock
 
 # Forward GFLOP/s a whole tiny model sustained in training on the 2-core CPU VM (76.6 examples/s x
 # 236 MFLOPs/example, README first run); used only for --dry-run time estimates.
@@ -76,7 +83,7 @@ def run_status(run: PlannedRun) -> str:
     """'done', 'diverged', 'partial' (has checkpoints or metrics) or 'new'."""
     log = run.run_dir / "metrics.jsonl"
     if log.exists():
-        events = [json.loads(ln).get("event") for ln in log.read_text().splitlines() if ln]
+        events = [r.get("event") for r in read_metrics(log)]
         if "done" in events:
             return "done"
         if "diverged" in events:
@@ -106,31 +113,57 @@ def reuse(run: PlannedRun, twin: Path) -> None:
 def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             echo: Callable[[str], None] = print) -> Dict[str, float]:
     """Trains every run that is not finished; returns wall seconds spent per run key. A new run whose
-    identical twin already finished in another table is copied from it, not retrained."""
-    spent = {}
-    for i, run in enumerate(runs, 1):
-        status = run_status(run)
-        label = f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
-        if status in ("done", "diverged"):
-            echo(f"{label}: {status}, not recomputed")
+    identical twin already finished in another table is copied from it, not retrained.
+
+    Each run is trained while holding its directory's lock. A run that another process is training is
+    put off: the other runs go first, then this process waits for that one and trains it only if the
+    other process stopped before finishing it.
+    """
+    spent: Dict[str, float] = {}
+    labels = {run.run_dir: f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
+              for i, run in enumerate(runs, 1)}
+    put_off = []
+    for run in runs:
+        lock = run_dir_lock(run.run_dir)
+        if not lock.try_acquire():
+            echo(f"{labels[run.run_dir]}: being trained by {lock.holder()}; training the other rows first")
+            put_off.append(run)
             continue
-        twin = finished_twin(run) if status == "new" else None
-        if twin is not None:
-            reuse(run, twin)
-            echo(f"{label}: identical to the finished {twin}, reused")
-            continue
-        echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
-        t0 = time.time()
-        train_fn(run)
-        spent[run.run_dir.name] = time.time() - t0
+        try:
+            _execute_one(run, labels[run.run_dir], train_fn, echo, spent)
+        finally:
+            lock.release()
+    for run in put_off:
+        lock = run_dir_lock(run.run_dir)
+        if not lock.try_acquire():
+            echo(f"{labels[run.run_dir]}: waiting for {lock.holder()} to finish it")
+            lock.acquire()
+        try:
+            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=True)
+        finally:
+            lock.release()
     return spent
 
 
+def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], None], echo: Callable[[str], None],
+                 spent: Dict[str, float], by_other: bool = False) -> None:
+    """One run, with its lock held: skip it if finished, copy a finished twin, or train (resume) it."""
+    status = run_status(run)
+    if status in ("done", "diverged"):
+        echo(f"{label}: {status}{' by the other process' if by_other else ''}, not recomputed")
+        return
+    twin = finished_twin(run) if status == "new" else None
+    if twin is not None:
+        reuse(run, twin)
+        echo(f"{label}: identical to the finished {twin}, reused")
+        return
+    echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
+    t0 = time.time()
+    train_fn(run)
+    spent[run.run_dir.name] = time.time() - t0
+
+
 # ------------------------------------------------------------------------------------------- collect
-
-
-def _rows(path: Path) -> List[dict]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln]
 
 
 def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -139,7 +172,7 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
     for run in runs:
         if run_status(run) not in ("done", "diverged"):
             continue
-        log = _rows(run.run_dir / "metrics.jsonl")
+        log = read_metrics(run.run_dir / "metrics.jsonl")
         start = next(r for r in log if r.get("event") == "start")
         steps = [r for r in log if "event" not in r]
         evals = [r for r in steps if "eval_neg_log_perplexity" in r]
@@ -172,13 +205,32 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
 def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.DataFrame, curves: pd.DataFrame,
          loads: dict, results_dir: Path, meta: dict) -> Path:
     """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json) and copies each run's
-    small logs (metrics.jsonl, config.gin) under results/<scale>/logs/<table>/ so they can be committed."""
+    small logs (metrics.jsonl, config.gin) under results/<scale>/logs/<table>/ so they can be committed.
+
+    Each file is written whole and then renamed into place, under the table's results lock, so a reader
+    or a second process never sees half a table."""
     out = results_dir / scale
     out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / f"{spec.name}.csv", index=False)
-    curves.to_csv(out / f"{spec.name}_curves.csv", index=False)
-    (out / f"{spec.name}_loads.json").write_text(json.dumps(loads, indent=1, sort_keys=True) + "\n")
-    (out / f"{spec.name}_meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    with results_lock(results_dir, scale, spec.name):
+        _write_atomic(out / f"{spec.name}.csv", results.to_csv(index=False))
+        _write_atomic(out / f"{spec.name}_curves.csv", curves.to_csv(index=False))
+        _write_atomic(out / f"{spec.name}_loads.json", json.dumps(loads, indent=1, sort_keys=True) + "\n")
+        _write_atomic(out / f"{spec.name}_meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        _copy_logs(spec, runs, out)
+    return out / f"{spec.name}.csv"
+
+
+def results_lock(results_dir: Path, scale: str, table: str) -> Lock:
+    return Lock(Path(results_dir) / scale / f".{table}.lock")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _copy_logs(spec: TableSpec, runs: Sequence[PlannedRun], out: Path) -> None:
     for run in runs:
         if run_status(run) in ("done", "diverged"):
             dst = out / "logs" / spec.name / run.run_dir.name
@@ -186,7 +238,6 @@ def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.Da
             for name in ("metrics.jsonl", "config.gin"):
                 if (run.run_dir / name).exists():
                     shutil.copy2(run.run_dir / name, dst / name)
-    return out / f"{spec.name}.csv"
 
 
 def dry_run_table(runs: Sequence[PlannedRun]) -> pd.DataFrame:
@@ -215,9 +266,26 @@ def load_saved(results_dir: Path, scale: str, table: str):
     out = Path(results_dir) / scale
     if not (out / f"{table}.csv").exists():
         return None
-    results = pd.read_csv(out / f"{table}.csv")
-    curves_path = out / f"{table}_curves.csv"
-    curves = pd.read_csv(curves_path) if curves_path.exists() and curves_path.stat().st_size > 1 else pd.DataFrame()
-    loads = json.loads((out / f"{table}_loads.json").read_text()) if (out / f"{table}_loads.json").exists() else {}
-    meta = json.loads((out / f"{table}_meta.json").read_text()) if (out / f"{table}_meta.json").exists() else {}
+
+    def read(name, parse, empty):
+        path = out / name
+        if not path.exists() or path.stat().st_size <= 1:
+            return empty
+        try:
+            return parse(path)
+        except (ValueError, pd.errors.ParserError) as e:
+            raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
+                               f"`switchrepro run {table}` to rewrite it from the runs") from None
+
+    results = read(f"{table}.csv", pd.read_csv, None)
+    if results is None or "row" not in results.columns:
+        raise ResultsError(f"{out / f'{table}.csv'} is damaged (no 'row' column); rerun `switchrepro run {table}` "
+                           "to rewrite it from the runs")
+    curves = read(f"{table}_curves.csv", pd.read_csv, pd.DataFrame())
+    loads = read(f"{table}_loads.json", lambda p: json.loads(p.read_text()), {})
+    meta = read(f"{table}_meta.json", lambda p: json.loads(p.read_text()), {})
     return results, curves, loads, meta
+
+
+class ResultsError(DamagedFileError):
+    """A saved results file cannot be read; the message is one line naming it."""

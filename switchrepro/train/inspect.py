@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from switchrepro.config import ExperimentConfig
-from switchrepro.train.checkpoint import Checkpointer, CheckpointError
+from switchrepro.train.checkpoint import Checkpointer
 
 
 def agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -84,10 +84,7 @@ def inspect_run(cfg: ExperimentConfig, run_dir: Path, batch: Dict[str, np.ndarra
     experts = cfg.model.moe.num_experts if cfg.model.moe is not None else None
     rows, previous = [], None
     for step in steps:
-        try:
-            params = ckpt.restore(state, step).params
-        except CheckpointError as e:
-            raise ValueError(str(e)) from e
+        params = ckpt.restore(state, step).params  # CheckpointError: one line, the caller adds the path
         stats = layer_stats(model, params, batch)
         for layer, st in stats.items():
             row = {"step": step, "layer": layer, "sparse": "expert_index" in st, "input_rms": st["input_rms"],

@@ -12,7 +12,6 @@ This module never imports TensorFlow: it reads the numpy cache that
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import optax
 
 from switchrepro.config import ExperimentConfig, ModelConfig, TrainConfig
 from switchrepro.model.t5 import Transformer, count_params, init_params
+from switchrepro.train.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------------------------- optimiser
 
@@ -191,20 +191,6 @@ class RunResult:
     diverged_at: Optional[int]
 
 
-class MetricsLog:
-    """Append-only JSONL, truncated to `step <= resume_step` when a run resumes (so rows are never doubled)."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        if path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
-
-    def write(self, row: Dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-
-
 def _to_float(tree) -> Dict[str, float]:
     return {k: float(v) for k, v in tree.items()}
 
@@ -313,9 +299,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     model, optimizer, state, step_key, place = _initial_state_and_placement(cfg, mesh)
     params = state.params
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
-    state = ckpt.restore_latest(state)
+    state = ckpt.restore_latest(state, echo=echo, set_aside=True)
     start = int(state.step)
     log = MetricsLog(run_dir / "metrics.jsonl", start)
+    if log.dropped_torn_line:
+        echo(f"{log.path} ended in a half-written line (a crash while logging): dropped, its step is replayed")
     n_params = count_params(params)
     flops = flops_per_token(cfg.model, dc.inputs_length, dc.targets_length)
     epochs = data_cache.epochs_for(tc.steps, dc.batch_size, train_cache.num_examples)
@@ -375,18 +363,19 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     if diverged_at is None and stop_after is None and int(state.step) > start:
         ckpt.save(int(state.step), state)
     ckpt.close()
+    rows = log.rows()
     if start >= tc.steps:  # already complete: report the logged final evaluation
-        final = _last_eval_row(log.path)
+        final = _last_eval_row(rows)
     if diverged_at is not None:
         log.write({"step": diverged_at, "event": "diverged"})
-    elif int(state.step) == tc.steps and start < tc.steps:
+    elif int(state.step) == tc.steps and not any(r.get("event") == "done" for r in rows):
+        # (also when a crash tore the "done" line itself: the resumed run starts at the last step)
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
                                                           and k != "eval_moe_layers"}})
     return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
 
 
-def _last_eval_row(path: Path) -> Dict[str, Any]:
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+def _last_eval_row(rows) -> Dict[str, Any]:
     evals = [r for r in rows if "eval_neg_log_perplexity" in r and "event" not in r]
     return evals[-1] if evals else {}
 
