@@ -263,3 +263,36 @@ def test_paper_other_tables():
     scaling = load_paper_table("scaling")
     assert scaling.at["Switch 64e", "nlp"] == -1.444 and scaling.at["Switch 64e", "step_speedup_vs_t5_base"] == 7.5
     assert scaling.at["T5-Base", "nlp"] == -1.636 and scaling.at["Switch 256e", "params_label"] == "14.7B"
+
+
+# ---------------------------------------------------------------------------------- positive control
+
+
+def _scaling_literal(large: list, base: list, switch8: list) -> pd.DataFrame:
+    res = results({"T5-Large": large, "T5-Base": base, "Switch 8e": switch8})
+    res["table"] = "scaling"
+    return res
+
+
+def test_failed_positive_control_marks_the_other_verdicts_regime_invalid():
+    control = C.beats("T5-Large", "T5-Base", claim_id="control", control=True)
+    switch = C.beats("Switch 8e", "T5-Base", claim_id="switch")
+    # Control inconclusive (margin 0.01, spread 0.1): the Switch verdict, reproduced on its own, is invalid.
+    res = _scaling_literal([-2.0, -2.2, -2.1], [-2.1, -2.11, -2.12], [-1.5, -1.51, -1.52])
+    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", res, None, claims=[control, switch])}
+    assert by_id["control"].status == C.INCONCLUSIVE
+    assert by_id["switch"].status == C.REGIME_INVALID
+    assert by_id["switch"].detail.startswith("positive control control is inconclusive; as judged alone: reproduced;")
+    assert by_id["switch"].margin == pytest.approx(0.6)  # the numbers are kept
+    # Control reproduced (margin 0.5, spread 0.01): verdicts stand as judged.
+    res = _scaling_literal([-1.6, -1.61, -1.62], [-2.1, -2.11, -2.12], [-2.3, -2.31, -2.32])
+    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", res, None, claims=[control, switch])}
+    assert by_id["control"].status == C.REPRODUCED and by_id["switch"].status == C.NOT_REPRODUCED
+
+
+def test_table1_and_scaling_open_with_the_larger_dense_control():
+    for table in ("table1", "scaling"):
+        first = C.TABLE_CLAIMS[table][0]
+        assert first.control and first.rows == ("T5-Large", "T5-Base")
+        assert sum(c.control for c in C.TABLE_CLAIMS[table]) == 1
+    assert not any(c.control for t in ("table2", "table3", "table11") for c in C.TABLE_CLAIMS[t])

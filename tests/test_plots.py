@@ -117,6 +117,9 @@ def test_write_report(tmp_path):
                    "![table1_speed_quality](plots/table1_speed_quality.png)", "(plots/table2_final_quality.svg)",
                    "`switchrepro run table1 --scale smoke`", "Wall time: 1 h 02 min", "Tokens per step: 512",
                    "diverged (2/2, first at step 20)", "Why: top-2 MoE computes twice the expert FLOPs.",
-                   "rows missing: Switch-Base+ cf1.0, MoE-Base cf2.0. Why: the rows it needs were not run."):
+                   # T5-Large was not run, so table1's positive control is inconclusive and the rest regime invalid
+                   "**regime invalid**", "rows missing: T5-Large. Why: the rows it needs were not run.",
+                   "positive control t1-control-larger-dense is inconclusive; as judged alone: inconclusive; rows "
+                   "missing: Switch-Base+ cf1.0, MoE-Base cf2.0. Why: the table's positive control"):
         assert needle in text, needle
-    assert "| table2 | 4 | 0 | 0 |" in text
+    assert "| table2 | 4 | 0 | 0 | 0 |" in text

@@ -38,10 +38,16 @@ Verdict rule. A claim has a margin and a spread, and its status follows from the
 
 A claim whose rows are missing from the results (the runner may run a subset) is inconclusive, with the
 detail "rows missing: ...".
+
+Positive control. A table may mark claims as controls (`control=True`): claims that must hold in any
+regime where the table's other claims mean something, such as "a larger dense model beats the base
+model". When a control is not reproduced, every other verdict of that table becomes **regime invalid**;
+its detail keeps the status it would have had and its numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -51,7 +57,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = STATUSES = ("reproduced", "not reproduced", "inconclusive")
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, REGIME_INVALID = STATUSES = (
+    "reproduced", "not reproduced", "inconclusive", "regime invalid")
 MIN_SEEDS = 2
 MIN_SEEDS_VARIANCE = 3
 
@@ -70,7 +77,10 @@ VERDICT_RULE = (
     "- \"lower variance\": at least 3 seeds per row, and std ratio > 2.\n"
     "- \"step speedup > 1\": the speedup comes from seed-mean curves; spread = the std of the "
     "per-seed speedups.\n\n"
-    "A claim whose rows were not run is inconclusive."
+    "A claim whose rows were not run is inconclusive.\n\n"
+    "**Positive control.** table1 and scaling first check that the larger dense model (T5-Large) beats "
+    "T5-Base. If that control is not reproduced, the regime cannot show what parameters buy, and every other "
+    "verdict of the table reads **regime invalid** (its detail keeps what it would have been)."
 )
 
 
@@ -262,6 +272,7 @@ class Claim:
     text: str
     rows: tuple[str, ...]
     check: Callable[[Evidence], Outcome]
+    control: bool = False  # a positive control: when it fails, the table's other verdicts are regime invalid
 
     def evaluate(self, evidence: Evidence) -> Verdict:
         missing = [r for r in self.rows if not evidence.has(r)]
@@ -343,7 +354,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
-def beats(a: str, b: str, metric: str = "nlp", claim_id: Optional[str] = None,
+def beats(a: str, b: str, metric: str = "nlp", claim_id: Optional[str] = None, control: bool = False,
           text: Optional[str] = None) -> Claim:
     """Row `a` is better than row `b` on `metric` (a key of METRICS)."""
     m = METRICS[metric]
@@ -360,7 +371,7 @@ def beats(a: str, b: str, metric: str = "nlp", claim_id: Optional[str] = None,
             return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
         return Outcome(_compare(margin, spread), margin, spread, detail)
 
-    return Claim(claim_id or _slug(text), text, (a, b), check)
+    return Claim(claim_id or _slug(text), text, (a, b), check, control=control)
 
 
 def _divergence_note(ev: Evidence, rows: Sequence[str]) -> str:
@@ -546,8 +557,14 @@ SCALING_EXPERTS = ("Switch 2e", "Switch 4e", "Switch 8e", "Switch 16e", "Switch 
 # Rows whose runs set the default time-to-quality threshold (see default_threshold).
 THRESHOLD_ROWS = {"table1": TABLE1_SPARSE}
 
+def larger_dense_control(table: str) -> Claim:
+    return beats("T5-Large", "T5-Base", claim_id=f"{'t1' if table == 'table1' else table}-control-larger-dense",
+                 text="Positive control: the larger dense T5-Large beats T5-Base", control=True)
+
+
 TABLE_CLAIMS: dict[str, list[Claim]] = {
     "table1": [
+        larger_dense_control("table1"),
         beats("Switch-Base cf1.25", "T5-Base", claim_id="t1-switch-cf1.25-beats-dense",
               text="Switch-Base cf1.25 beats the FLOP-matched dense T5-Base"),
         beats("Switch-Base cf1.0", "T5-Base", claim_id="t1-switch-cf1.0-beats-dense",
@@ -583,6 +600,7 @@ TABLE_CLAIMS: dict[str, list[Claim]] = {
         for other in ("argmax", "sample_softmax", "input_dropout")
     ],
     "scaling": [
+        larger_dense_control("scaling"),
         *[beats(row, "T5-Base", claim_id=f"scaling-{row.split()[-1]}-beats-dense",
                 text=f"{row} beats the FLOP-matched dense T5-Base at equal steps")
           for row in SCALING_EXPERTS[:6]],
@@ -629,7 +647,19 @@ def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataF
     summary = table_summary(table, results, curves, threshold)
     threshold = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None
     evidence = Evidence(summary, _for_table(curves, table), threshold)
-    return [claim.evaluate(evidence) for claim in (claims if claims is not None else TABLE_CLAIMS[table])]
+    claims = claims if claims is not None else TABLE_CLAIMS[table]
+    return apply_controls(claims, [claim.evaluate(evidence) for claim in claims])
+
+
+def apply_controls(claims: Sequence[Claim], verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Every non-control verdict becomes REGIME_INVALID when a control claim is not reproduced."""
+    failed = [v for c, v in zip(claims, verdicts, strict=True) if c.control and v.status != REPRODUCED]
+    if not failed:
+        return list(verdicts)
+    why = "; ".join(f"positive control {v.claim_id} is {v.status}" for v in failed)
+    return [v if c.control else dataclasses.replace(v, status=REGIME_INVALID,
+                                                    detail=f"{why}; as judged alone: {v.status}; {v.detail}")
+            for c, v in zip(claims, verdicts, strict=True)]
 
 
 def count_statuses(verdicts: Sequence[Verdict]) -> dict[str, int]:

@@ -265,6 +265,9 @@ def _image_links(plots: Sequence[Path], base: Path) -> list[str]:
 
 def _why(v: C.Verdict) -> str:
     """A one-line reason for a verdict that is not "reproduced"."""
+    if v.status == C.REGIME_INVALID:
+        return ("the table's positive control (a larger dense model beats the base one) did not reproduce, so "
+                "this regime cannot show what extra parameters buy")
     if v.detail.startswith("rows missing"):
         return "the rows it needs were not run"
     if "more seeds needed" in v.detail:
@@ -319,7 +322,7 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
 
     lines += ["## What does not reproduce and why", ""]
     # Claims that go against the paper first, then the undecided ones.
-    failed = [(name, v) for status in (C.NOT_REPRODUCED, C.INCONCLUSIVE) for name in order
+    failed = [(name, v) for status in (C.NOT_REPRODUCED, C.INCONCLUSIVE, C.REGIME_INVALID) for name in order
               for v in tables[name].verdicts if v.status == status]
     if not failed:
         lines.append("Every claim tested here reproduces.")
