@@ -89,10 +89,6 @@ def log_error_detail(run_dir: Path, detail: str) -> Path:
     return path
 
 
-def checkpoint_user_error(e, run_dir: Path) -> UserError:
-    return UserError(f"{e} (full error in {log_error_detail(run_dir, e.detail or str(e))})")
-
-
 def ensure_writable(path: Path, option: str) -> None:
     """Creates `path` and a file in it, so an unwritable directory fails before any training."""
     try:
@@ -127,17 +123,12 @@ def _gin():
     return gin
 
 
-@contextlib.contextmanager
 def _quiet_gin_includes():
     """gin tries each include against the working directory first and logs an ERROR for the miss
     before finding it under gin/; that message is noise, so the root logger is silenced meanwhile."""
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        root_logger.setLevel(level)
+    from switchrepro.quiet import silenced
+
+    return silenced(logging.getLogger())
 
 
 def resolve_gin_file(name: str) -> Path:
@@ -351,7 +342,7 @@ def run_file_errors(run_dir: Path):
     try:
         yield
     except CheckpointError as e:
-        raise checkpoint_user_error(e, run_dir) from e
+        raise UserError(f"{e} (full error in {log_error_detail(run_dir, e.detail or str(e))})") from e
 
 
 def _read_json(path: Path, what: str):

@@ -119,6 +119,7 @@ def test_write_report(tmp_path):
                    "diverged (2/2, first at step 20)", "Why: top-2 MoE computes twice the expert FLOPs.",
                    # T5-Large was not run, so table1's positive control is inconclusive and the rest regime invalid
                    "**regime invalid**", "rows missing: T5-Large. Why: the rows it needs were not run.",
+                   "- CPU and threads: not recorded",
                    "positive control t1-control-larger-dense is inconclusive; as judged alone: inconclusive; rows "
                    "missing: Switch-Base+ cf1.0, MoE-Base cf2.0. Why: the table's positive control"):
         assert needle in text, needle

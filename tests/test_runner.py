@@ -86,6 +86,7 @@ def test_run_collect_plot_report(dirs):
     assert sorted(df["row"]) == ["Switch-Base cf1.0", "T5-Base"]
     assert df["final_nlp"].notna().all() and (df["final_step"] == 4).all()
     assert df.set_index("row").loc["Switch-Base cf1.0", "num_experts"] == 8
+    assert df["host"].str.contains(" CPUs").all()  # each run's CPU and thread layout
     logs = list((dirs["results"] / "smoke" / "logs" / "table1").glob("*/metrics.jsonl"))
     assert len(logs) == 2
     # Rerunning recomputes nothing.
@@ -109,6 +110,7 @@ def test_run_collect_plot_report(dirs):
     assert "table1" in text and "inconclusive" in text and "plots/table1_speed_quality.png" in text
     assert "Made on a test machine." in text and "Table-one note." in text
     assert "Why: one seed only, by design." in text
+    assert "- CPU and threads: " in text and " CPUs" in text  # the runs' recorded layout
 
 
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):

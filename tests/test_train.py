@@ -74,6 +74,13 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, interrupted_run, c
     trainer.train(cfg, tmp_path, train_cache=caches[0], eval_cache=caches[1], echo=messages.append)
     assert any("resuming at step 40" in m for m in messages)
     assert _rows(tmp_path) == _rows(run_dir)
+    # Each process that trained the run recorded its CPU and thread layout.
+    hosts = [json.loads(ln) for ln in (tmp_path / "hosts.jsonl").read_text().splitlines()]
+    assert [h["resumed_at_step"] for h in hosts] == [0, 40]
+    start = _rows(tmp_path)[0]
+    assert start["event"] == "start" and start["host"] == {k: v for k, v in hosts[0].items()
+                                                           if k not in ("resumed_at_step", "time")}
+    assert start["host"]["usable_cpus"] >= 1 and start["host"]["cpu"] and start["host"]["backend"] == "cpu"
 
 
 def test_divergence_is_a_result_not_a_crash(tiny_experiment, caches, tmp_path):

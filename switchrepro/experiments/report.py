@@ -236,6 +236,9 @@ def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.D
     ]
     if threshold is not None and not _isnan(threshold):
         facts.append(("Quality threshold (NLP)", f"{float(threshold):.4f}"))
+    hosts = list(dict.fromkeys(results["host"].dropna())) if "host" in results else []
+    facts.append(("CPU and threads", "; ".join(map(str, hosts)) if hosts else
+                  "not recorded (runs made before switchrepro recorded the host)"))
     known = {"command", "wall_seconds", "scale", "seeds", "steps", "tokens_per_step", "epochs", "threshold", "notes",
              "explanations"}
     facts += [(k, v) for k, v in meta.items() if k not in known]

@@ -30,6 +30,7 @@ import pandas as pd
 
 from switchrepro.config import DamagedFileError, ExperimentConfig
 from switchrepro.experiments.spec import Row, TableSpec
+from switchrepro.train.host import layout as host_layout
 from switchrepro.train.metrics_log import read_metrics
 from switchrepro.train.run_lock import Lock, run_dir_lock
 
@@ -193,6 +194,8 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
             "wall_seconds": last.get("wall_seconds", np.nan),
             "epochs": start["epochs"],
             "fraction_dropped": final_eval.get("eval_fraction_dropped", np.nan),
+            # The CPU and thread layout of the run's first process: compare rows only within one layout.
+            "host": host_layout(start["host"]) if "host" in start else np.nan,
         })
         for r in evals:
             curves.append({"table": spec.name, "row": run.row.name, "seed": run.seed, "step": r["step"],

@@ -8,7 +8,6 @@ aside, never deleted. Only when no checkpoint restores is it an error.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import sys
@@ -17,6 +16,8 @@ from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from switchrepro.quiet import silenced
 
 DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/, in the run directory
 
@@ -41,8 +42,8 @@ def short_reason(e: BaseException, limit: int = 90) -> str:
 
 def ignore_closed_loop_callbacks() -> None:
     """After a failed restore, tensorstore still completes the other reads it had started: each calls back
-    into orbax's already closed asyncio loop ('Event loop is closed', an unraisable exception) and leaves a
-    future whose error nobody reads (logged by asyncio when it is collected). That is hundreds of
+    into orbax's already closed asyncio loop ('Event loop is closed', an unraisable exception) and leaves
+    futures and tasks whose error nobody reads (logged by asyncio when they are collected). That is hundreds of
     tracebacks on stderr for one damaged checkpoint, all harmless: drop exactly those, keep the rest."""
     previous = sys.unraisablehook
     if not getattr(previous, "switchrepro_filter", False):
@@ -63,21 +64,15 @@ def ignore_closed_loop_callbacks() -> None:
 class _UnreadTensorstoreErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (str(record.msg).startswith("Future exception was never retrieved")
+        return not (str(record.msg).startswith(("Future exception was never retrieved",
+                                                "Task exception was never retrieved"))
                     and error is not None and "tensorstore" in str(error))
 
 
-@contextlib.contextmanager
 def _damage_reported_by_us():
     """orbax logs its own multi-line ERROR for a damaged checkpoint's metadata while listing or restoring
     steps; `restore_latest` reports each damaged step in one line instead, so those records are held back."""
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    absl_log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        absl_log.setLevel(level)
+    return silenced(logging.getLogger("absl"))
 
 
 class Checkpointer:

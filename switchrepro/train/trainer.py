@@ -12,6 +12,7 @@ This module never imports TensorFlow: it reads the numpy cache that
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import optax
 
 from switchrepro.config import ExperimentConfig, ModelConfig, TrainConfig
 from switchrepro.model.t5 import Transformer, count_params, init_params
+from switchrepro.train.host import describe as describe_host
 from switchrepro.train.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------------------------- optimiser
@@ -312,9 +314,12 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
          + (f" | resuming at step {start}" if start else ""))
     if cfg.model.moe is not None:
         echo("expert capacity per layer: " + capacity_summary(cfg, dc, 1 if mesh is None else mesh.size))
+    host = describe_host()
+    with (run_dir / "hosts.jsonl").open("a") as f:  # every process that trains this run, resumes included
+        f.write(json.dumps({"resumed_at_step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **host}) + "\n")
     if start == 0:
         log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
-                   "train_examples": train_cache.num_examples})
+                   "train_examples": train_cache.num_examples, "host": host})
 
     train_step = make_train_step(model, optimizer, tc, place)
     eval_step = make_eval_step(model, place)

@@ -1,0 +1,50 @@
+"""The machine and thread layout a run trains on, recorded with every run.
+
+XLA's CPU results depend on the thread count (it changes how reductions are split), so two runs are
+comparable bit for bit only on the same CPU with the same layout. Each run records the layout in its
+"start" metrics row, and every process that trains it (first start and each resume) appends one line to
+`<run dir>/hosts.jsonl`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Dict
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe() -> Dict[str, Any]:
+    """CPU, usable cores, XLA threading flags and JAX devices of this process."""
+    import jax
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,  # what taskset / the container allows this process
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+    }
+
+
+def layout(host: Dict[str, Any]) -> str:
+    """One short label for comparing runs: 'AMD EPYC, 2 of 2 CPUs, XLA_FLAGS=...'."""
+    flags = " ".join(f for f in str(host.get("xla_flags", "")).split()
+                     if "thread" in f or "eigen" in f or "device_count" in f)
+    return (f"{host.get('cpu', '?')}, {host.get('usable_cpus', '?')} of {host.get('logical_cpus', '?')} CPUs"
+            + (f", {flags}" if flags else ""))
