@@ -70,12 +70,14 @@ def test_identical_run_of_another_table_is_reused_not_retrained(tmp_path):
     assert trained == [run]  # an unfinished twin is not reused
     trained.clear()
     (twin.run_dir / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 600, "nlp": -5.0}\n{"event": "done"}\n')
+    (twin.run_dir / ".lock").write_text("pid 1 on elsewhere: switchrepro run scaling\n")
     messages = []
     runner.execute([run, other_seed], lambda r: trained.append(r), echo=messages.append)
     assert trained == [other_seed]  # seed 0 has no finished twin
     assert runner.run_status(run) == "done"
     assert (run.run_dir / "metrics.jsonl").read_text() == (twin.run_dir / "metrics.jsonl").read_text()
     assert (run.run_dir / "reused_from.txt").read_text().strip() == str(twin.run_dir)
+    assert "elsewhere" not in (run.run_dir / ".lock").read_text()  # the twin's lock file is not copied
     assert "reused" in messages[0]
 
 

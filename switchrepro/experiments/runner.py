@@ -103,10 +103,10 @@ def finished_twin(run: PlannedRun) -> Optional[Path]:
 
 
 def reuse(run: PlannedRun, twin: Path) -> None:
-    """Copies a finished twin's logs and configs (not its checkpoints) into run.run_dir."""
+    """Copies a finished twin's logs and configs (not its checkpoints, nor its lock file) into run.run_dir."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     for f in twin.iterdir():
-        if f.is_file():
+        if f.is_file() and not f.name.startswith("."):
             shutil.copy2(f, run.run_dir / f.name)
     (run.run_dir / "reused_from.txt").write_text(f"{twin}\n")
 

@@ -315,8 +315,9 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     if cfg.model.moe is not None:
         echo("expert capacity per layer: " + capacity_summary(cfg, dc, 1 if mesh is None else mesh.size))
     host = describe_host()
-    with (run_dir / "hosts.jsonl").open("a") as f:  # every process that trains this run, resumes included
-        f.write(json.dumps({"resumed_at_step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **host}) + "\n")
+    if start < tc.steps:  # every process that trains this run, resumes included
+        with (run_dir / "hosts.jsonl").open("a") as f:
+            f.write(json.dumps({"resumed_at_step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **host}) + "\n")
     if start == 0:
         log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
                    "train_examples": train_cache.num_examples, "host": host})
