@@ -501,7 +501,7 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
                           echo=lambda m: click.echo("  " + m), stop_after=_stop_after(), mesh=mesh)
 
     t0 = _time.time()
-    runner.execute(runs, train_one, echo=click.echo)
+    runner.execute(runs, train_one, echo=click.echo, logs_dir=results_dir / scale / "logs")
     # The saved table holds every finished run of this table (all rows and seeds, not only the ones this
     # invocation trained), so `--rows` processes, run one after another or side by side, add up.
     everything = runs if rows is None and seeds is None else runner.plan(

@@ -141,7 +141,7 @@ class ModelConfig:
 class DataConfig:
     """Which seqio task feeds training and evaluation, and how batches are shaped."""
 
-    task: str = "switchrepro_span_corruption"  # or "c4_span_corruption" (needs tfds_data_dir)
+    task: str = "switchrepro_span_corruption"  # or "switchrepro_byte_span_corruption", "c4_span_corruption"
     inputs_length: int = 128
     targets_length: int = 32
     batch_size: int = 32
@@ -189,6 +189,14 @@ class ExperimentConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        from switchrepro.data import TASK_INFO  # light: no TensorFlow
+
+        info = TASK_INFO.get(self.data.task)
+        # A smaller table would silently clamp token ids in the embedding lookup; a larger one wastes softmax.
+        _check(info is None or info.vocab_size == self.model.vocab_size,
+               f"ModelConfig.vocab_size = {self.model.vocab_size} does not match task {self.data.task!r}, whose "
+               f"vocabulary has {info.vocab_size if info else '?'} ids; set ModelConfig.vocab_size = "
+               f"{info.vocab_size if info else '?'}")
         return self
 
 

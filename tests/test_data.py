@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from switchrepro.data import EMBEDDED_DIR, SPAN_CORRUPTION_TASK, DataError, cache, verify, vocab
+from switchrepro.data import (
+    BYTE_SPAN_CORRUPTION_TASK,
+    EMBEDDED_DIR,
+    SPAN_CORRUPTION_TASK,
+    DataError,
+    cache,
+    verify,
+    vocab,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = dict(inputs_length=128, targets_length=32)
@@ -88,6 +96,55 @@ def test_span_corruption_task_has_sentinels_and_t5_noise_density():
         assert cache.span_corruption_lengths(length) == t5_pre.random_spans_helper(
             inputs_length=length, noise_density=0.15, mean_noise_span_length=3.0,
             extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1)
+
+
+def test_byte_task_is_bytes_with_sentinels_counting_down_from_383():
+    import t5.data.preprocessors as t5_pre
+
+    from switchrepro.data import tasks
+
+    task = tasks.get_task(BYTE_SPAN_CORRUPTION_TASK)
+    assert task.output_features["targets"].vocabulary.vocab_size == 384
+    ds = task.get_dataset({"inputs": 128, "targets": 32}, split="validation", shuffle=False, seed=0)
+    noise = kept = spans = 0
+    for i, ex in enumerate(ds.take(300).as_numpy_iterator()):
+        inputs, targets = ex["inputs"], ex["targets"]
+        assert inputs.max() <= 383 and targets.max() <= 383 and inputs[-1] == 1 and targets[-1] == 1
+        sentinels = inputs[inputs >= 259]
+        # one sentinel per span, numbered from the top, the same ones in inputs and targets
+        assert list(sentinels) == list(range(383, 383 - len(sentinels), -1)) == list(targets[targets >= 259])
+        text = lambda ids: ids[(ids >= 3) & (ids < 259)]
+        noise, kept, spans = noise + len(text(targets)), kept + len(text(inputs)), spans + len(sentinels)
+        if i == 0:  # ids are UTF-8 bytes + 3: the kept bytes are mostly English letters and spaces
+            raw = bytes(int(t) - 3 for t in text(inputs))
+            assert sum(chr(c).isalpha() or c == 32 for c in raw) > 0.8 * len(raw)
+    assert i == 299
+    assert abs(noise / (noise + kept) - 0.15) < 0.01
+    assert 7 < noise / spans < 9  # mean noise span of 8 bytes
+
+    assert cache.span_corruption_lengths(128, BYTE_SPAN_CORRUPTION_TASK) == t5_pre.random_spans_helper(
+        inputs_length=128, noise_density=0.15, mean_noise_span_length=8.0,
+        extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1) == (146, 26)
+
+
+def test_cache_key_names_the_tasks_vocabulary_and_span_settings():
+    keys = {t: cache.cache_key(t, "train", 128, 32) for t in (SPAN_CORRUPTION_TASK, BYTE_SPAN_CORRUPTION_TASK)}
+    assert keys[SPAN_CORRUPTION_TASK].split("-")[-1] != keys[BYTE_SPAN_CORRUPTION_TASK].split("-")[-1]
+    with pytest.raises(DataError, match="unknown task 'bytes'"):
+        cache.cache_key("bytes", "train", 128, 32)
+
+
+def test_model_vocab_must_match_the_tasks_vocabulary():
+    from switchrepro.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig
+
+    byte_data = DataConfig(task=BYTE_SPAN_CORRUPTION_TASK)
+    ExperimentConfig(model=ModelConfig(vocab_size=384), data=byte_data).validate()
+    # 8192 ids on 384-id data would train, but waste most of the softmax; 384 on 8192-id data would
+    # silently clamp ids in the embedding lookup. Both are refused with the value to set.
+    with pytest.raises(ConfigError, match="set ModelConfig.vocab_size = 384"):
+        ExperimentConfig(model=ModelConfig(vocab_size=8192), data=byte_data).validate()
+    with pytest.raises(ConfigError, match="set ModelConfig.vocab_size = 8192"):
+        ExperimentConfig(model=ModelConfig(vocab_size=384), data=DataConfig()).validate()
 
 
 def test_c4_task_needs_a_tfds_dir(tmp_path):

@@ -1,6 +1,7 @@
 """`switchrepro run/plot/report` at smoke scale: the run -> collect -> plot path, resume, divergence."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -44,7 +45,13 @@ def test_table1_rows_configure_what_they_say():
     assert runs["Switch-Base cf1.0"].model.moe.router == "switch"
     assert runs["Switch-Base cf1.0"].model.moe.capacity_factor_train == 1.0
     assert runs["Switch-Base+ cf1.0"].model.d_model > runs["Switch-Base cf1.0"].model.d_model
-    assert runs["T5-Large"].model.d_model > runs["T5-Base"].model.d_model
+    # mini: the positive control is the 8x wider FFN, on byte-level span corruption with a 384-id vocabulary
+    assert (runs["T5-Base"].model.d_ff, runs["T5-Large"].model.d_ff) == (128, 1024)
+    assert runs["Switch-Base cf1.0"].model.d_ff == 128 and runs["T5-Large"].model.d_model == 128
+    assert {(c.data.task, c.model.vocab_size) for c in runs.values()} == {("switchrepro_byte_span_corruption", 384)}
+    paper = {r.row.name: r.config for r in runner.plan(spec, "paper", parse_config, __import__("pathlib").Path("x"))}
+    assert paper["T5-Large"].model.d_model > paper["T5-Base"].model.d_model
+    assert {c.model.vocab_size for c in paper.values()} == {8192}
 
 
 def test_skipped_rows_run_only_when_named():
@@ -79,6 +86,27 @@ def test_identical_run_of_another_table_is_reused_not_retrained(tmp_path):
     assert (run.run_dir / "reused_from.txt").read_text().strip() == str(twin.run_dir)
     assert "elsewhere" not in (run.run_dir / ".lock").read_text()  # the twin's lock file is not copied
     assert "reused" in messages[0]
+
+
+def test_a_run_finished_in_the_committed_logs_is_reused_on_a_fresh_clone(tmp_path):
+    run = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path / "runs", seeds=1, rows=["T5-Base"])[0]
+    logs = tmp_path / "results" / "mini" / "logs"
+    committed = logs / "scaling" / run.run_dir.name
+    committed.mkdir(parents=True)
+    (committed / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 3000, "nlp": -1.7}\n')
+    trained = []
+    runner.execute([run], trained.append, echo=lambda m: None, logs_dir=logs)
+    assert trained == [run]  # an unfinished log is never taken as a result
+    (committed / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 3000, "nlp": -1.7}\n{"event": "done"}\n')
+    shutil.rmtree(run.run_dir)  # a fresh clone: no runs/ directory, only the committed logs
+    trained.clear()
+    runner.execute([run], trained.append, echo=lambda m: None, logs_dir=logs)
+    assert trained == [] and runner.run_status(run) == "done"
+    assert (run.run_dir / "reused_from.txt").read_text().strip() == str(committed)
+    trained.clear()
+    other = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path / "runs", seeds=2, rows=["T5-Base"])[1]
+    runner.execute([other], trained.append, echo=lambda m: None, logs_dir=logs)
+    assert trained == [other]  # another seed's log is not this run
 
 
 def test_run_collect_plot_report(dirs):

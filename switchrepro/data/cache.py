@@ -34,12 +34,12 @@ import numpy as np
 
 from switchrepro.data import (
     C4_TASK,
-    MEAN_NOISE_SPAN_LENGTH,
-    NOISE_DENSITY,
+    SPAN_CORRUPTION_TASK,
     TASKS,
     DataError,
     cache_root,
     require_c4,
+    task_info,
 )
 from switchrepro.data.corpus import SPLITS, manifest_sha256
 
@@ -58,27 +58,38 @@ META = "meta.json"
 def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
               max_examples: Optional[int] = None) -> str:
     """Relative cache path; its hash covers everything that changes the arrays."""
-    from switchrepro.data.vocab import vocab_sha256
-
+    info = task_info(task)
     ident = {
         "format": CACHE_FORMAT, "task": task, "split": split,
         "inputs_length": int(inputs_length), "targets_length": int(targets_length),
         "max_examples": max_examples, "seed": SEED,
-        "vocab_sha256": vocab_sha256(), "corpus_manifest_sha256": manifest_sha256(),
+        "vocabulary": _vocabulary_identity(info), "vocab_size": info.vocab_size,
+        "noise_density": info.noise_density, "mean_noise_span_length": info.mean_noise_span_length,
+        "corpus_manifest_sha256": manifest_sha256(),
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return f"{task}/{split}/{inputs_length}x{targets_length}-{max_examples or 'all'}-{digest}"
 
 
-def span_corruption_lengths(inputs_length: int) -> Tuple[int, int]:
-    """(raw tokens per example, targets length) of T5 span corruption for inputs_length.
+def _vocabulary_identity(info) -> str:
+    if info.vocabulary == "spm8k":
+        from switchrepro.data.vocab import vocab_sha256
+
+        return f"spm8k:{vocab_sha256()}"
+    return f"bytes:{info.vocab_size}"
+
+
+def span_corruption_lengths(inputs_length: int, task: str = SPAN_CORRUPTION_TASK) -> Tuple[int, int]:
+    """(raw tokens per example, targets length) of the task's span corruption for inputs_length.
 
     Same arithmetic as t5.data.preprocessors.random_spans_helper (one sentinel per span, EOS
     included), kept here so a bad request fails before TensorFlow is ever imported.
     """
+    info = task_info(task)
+
     def lengths(tokens: int) -> Tuple[int, int]:
-        noise = int(round(tokens * NOISE_DENSITY))
-        spans = int(round(noise / MEAN_NOISE_SPAN_LENGTH))
+        noise = int(round(tokens * info.noise_density))
+        spans = int(round(noise / info.mean_noise_span_length))
         return tokens - noise + spans + 1, noise + spans + 1
 
     tokens = inputs_length - 1
@@ -96,7 +107,7 @@ def _check_request(task: str, split: str, inputs_length: int, targets_length: in
     if inputs_length < 8 or targets_length < 4:
         raise DataError(f"feature lengths the data cannot fill: inputs_length={inputs_length} (need >= 8), "
                         f"targets_length={targets_length} (need >= 4)")
-    span_targets = span_corruption_lengths(inputs_length)[1]
+    span_targets = span_corruption_lengths(inputs_length, task)[1]
     if targets_length < span_targets:
         raise DataError(f"feature lengths the data cannot fill: span corruption with inputs_length="
                         f"{inputs_length} makes targets of {span_targets} tokens, so targets_length="
@@ -203,7 +214,8 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     _check_request(task, split, inputs_length, targets_length, max_examples)
     t0 = time.time()
     lengths = {"inputs": int(inputs_length), "targets": int(targets_length)}
-    raw_tokens, span_targets = span_corruption_lengths(inputs_length)
+    raw_tokens, span_targets = span_corruption_lengths(inputs_length, task)
+    info = task_info(task)
     seq_task = tasks.get_task(task, tfds_data_dir)
     ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
                            dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
@@ -212,7 +224,7 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         ds = ds.take(max_examples)
 
     rows: Dict[str, list] = {k: [] for k in FEATURES}
-    total = max_examples or _estimate_examples(split, raw_tokens)
+    total = max_examples or _estimate_examples(split, raw_tokens, info.vocabulary)
     with tqdm(total=total, unit="ex", desc=f"{task}/{split} {inputs_length}/{targets_length}",
               disable=not progress, mininterval=1.0) as bar:
         for ex in ds.as_numpy_iterator():
@@ -246,7 +258,9 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         "num_segments": int(rows["encoder_segment_ids"].max(axis=1).sum()),
         "tokens": {"inputs": int((rows["encoder_input_tokens"] != 0).sum()),
                    "targets": int((rows["decoder_target_tokens"] != 0).sum())},
-        "span_corruption": {"noise_density": NOISE_DENSITY, "mean_noise_span_length": MEAN_NOISE_SPAN_LENGTH,
+        "vocabulary": info.vocabulary, "vocab_size": info.vocab_size,
+        "span_corruption": {"noise_density": info.noise_density,
+                            "mean_noise_span_length": info.mean_noise_span_length,
                             "raw_tokens_per_example": raw_tokens, "targets_per_example": span_targets},
         "dtypes": dtypes,
         "key": cache_key(task, split, inputs_length, targets_length, max_examples),
@@ -256,10 +270,11 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     return meta
 
 
-def _estimate_examples(split: str, raw_tokens_per_example: int) -> Optional[int]:
+def _estimate_examples(split: str, raw_tokens_per_example: int, vocabulary: str) -> Optional[int]:
     try:
         from switchrepro.data.corpus import load_manifest
-        return load_manifest()["splits"][split]["tokens"] // raw_tokens_per_example + 1
+        unit = "chars" if vocabulary == "bytes" else "tokens"  # chars: bytes of mostly-ASCII text
+        return load_manifest()["splits"][split][unit] // raw_tokens_per_example + 1
     except (DataError, KeyError):
         return None
 

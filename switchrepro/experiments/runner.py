@@ -93,12 +93,16 @@ def run_status(run: PlannedRun) -> str:
     return "partial" if (run.run_dir / "checkpoints").exists() else "new"
 
 
-def finished_twin(run: PlannedRun) -> Optional[Path]:
-    """A finished run of another table at the same scale with the same config hash (and so the same
-    seed and metrics), e.g. T5-Base in both table1 and scaling; None if there is none."""
-    for d in sorted(run.run_dir.parent.parent.glob(f"*/*-s{run.seed}-{run.config_hash}")):
-        if d != run.run_dir and d.is_dir() and run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
-            return d
+def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[Path]:
+    """A finished run with the same config hash (and so the same seed and metrics): in another table at
+    the same scale (e.g. T5-Base in both table1 and scaling), else among the committed logs of finished
+    runs, `<results>/<scale>/logs/<table>/<run>/` (so a fresh clone continues a table instead of
+    retraining what is already in results/); None if there is none."""
+    roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
+    for root in roots:
+        for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")):
+            if d != run.run_dir and d.is_dir() and run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
+                return d
     return None
 
 
@@ -112,9 +116,10 @@ def reuse(run: PlannedRun, twin: Path) -> None:
 
 
 def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
-            echo: Callable[[str], None] = print) -> Dict[str, float]:
+            echo: Callable[[str], None] = print, logs_dir: Optional[Path] = None) -> Dict[str, float]:
     """Trains every run that is not finished; returns wall seconds spent per run key. A new run whose
-    identical twin already finished in another table is copied from it, not retrained.
+    identical twin already finished (in another table, or in the committed logs under `logs_dir`) is
+    copied from it, not retrained.
 
     Each run is trained while holding its directory's lock. A run that another process is training is
     put off: the other runs go first, then this process waits for that one and trains it only if the
@@ -131,7 +136,7 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             put_off.append(run)
             continue
         try:
-            _execute_one(run, labels[run.run_dir], train_fn, echo, spent)
+            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, logs_dir=logs_dir)
         finally:
             lock.release()
     for run in put_off:
@@ -140,20 +145,20 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             echo(f"{labels[run.run_dir]}: waiting for {lock.holder()} to finish it")
             lock.acquire()
         try:
-            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=True)
+            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=True, logs_dir=logs_dir)
         finally:
             lock.release()
     return spent
 
 
 def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], None], echo: Callable[[str], None],
-                 spent: Dict[str, float], by_other: bool = False) -> None:
+                 spent: Dict[str, float], by_other: bool = False, logs_dir: Optional[Path] = None) -> None:
     """One run, with its lock held: skip it if finished, copy a finished twin, or train (resume) it."""
     status = run_status(run)
     if status in ("done", "diverged"):
         echo(f"{label}: {status}{' by the other process' if by_other else ''}, not recomputed")
         return
-    twin = finished_twin(run) if status == "new" else None
+    twin = finished_twin(run, logs_dir) if status == "new" else None
     if twin is not None:
         reuse(run, twin)
         echo(f"{label}: identical to the finished {twin}, reused")
