@@ -296,3 +296,17 @@ def test_table1_and_scaling_open_with_the_larger_dense_control():
         assert first.control and first.rows == ("T5-Large", "T5-Base")
         assert sum(c.control for c in C.TABLE_CLAIMS[table]) == 1
     assert not any(c.control for t in ("table2", "table3", "table11") for c in C.TABLE_CLAIMS[t])
+
+
+def test_margin_by_step_applies_the_beats_rule_at_every_evaluation():
+    # step 100: Large -2.0/-2.2 (mean -2.1, std 0.1414), Base -2.1/-2.1: margin 0, inconclusive.
+    # step 200: Large -1.5/-1.6 (std 0.0707), Base -2.0/-2.0: margin 0.45 > 2 x 0.0707, reproduced.
+    c = curves({("T5-Large", 0): [(100, 1, -2.0), (200, 2, -1.5)], ("T5-Large", 1): [(100, 1, -2.2), (200, 2, -1.6)],
+                ("T5-Base", 0): [(100, 1, -2.1), (200, 2, -2.0)], ("T5-Base", 1): [(100, 1, -2.1), (200, 2, -2.0)]})
+    out = C.margin_by_step(c, "T5-Large", "T5-Base")
+    assert list(out["step"]) == [100, 200] and list(out["seeds"]) == [2, 2]
+    assert out["margin"].tolist() == pytest.approx([0.0, 0.45])
+    assert out["2x spread"].tolist() == pytest.approx([2 * math.sqrt(0.02), 2 * math.sqrt(0.005)])
+    assert list(out["verdict"]) == [C.INCONCLUSIVE, C.REPRODUCED]
+    one_seed = C.margin_by_step(c[c["seed"] == 0], "T5-Large", "T5-Base")
+    assert list(one_seed["verdict"]) == [C.INCONCLUSIVE, C.INCONCLUSIVE]  # one seed never decides

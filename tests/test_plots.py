@@ -124,3 +124,18 @@ def test_write_report(tmp_path):
                    "missing: Switch-Base+ cf1.0, MoE-Base cf2.0. Why: the table's positive control"):
         assert needle in text, needle
     assert "| table2 | 4 | 0 | 0 | 0 |" in text
+
+
+def test_report_shows_the_positive_control_at_every_step(tmp_path):
+    res, cur = frames("scaling", SCALING_ROWS)  # T5-Large leads T5-Base by 0.15 nats at every step
+    tables = {"scaling": (res, cur, None, C.evaluate_claims("scaling", res, cur), [], {})}
+    text = R.write_report("smoke", tables, tmp_path / "REPORT.md").read_text()
+    section = text[text.index("### Positive control by step"):]
+    assert "T5-Large minus T5-Base" in section
+    steps = [ln for ln in section.splitlines() if ln.startswith("|") and ln.split("|")[1].strip().isdigit()]
+    assert [ln.split("|")[1].strip() for ln in steps] == ["10", "20", "30"]
+    assert all("0.1500" in ln and "reproduced" in ln for ln in steps)
+    # a table without its control's rows has no such section
+    only_switch = res[res["row"] != "T5-Large"], cur[cur["row"] != "T5-Large"]
+    tables = {"scaling": (*only_switch, None, C.evaluate_claims("scaling", *only_switch), [], {})}
+    assert "Positive control by step" not in R.write_report("smoke", tables, tmp_path / "R2.md").read_text()

@@ -194,6 +194,22 @@ def mean_curve(curves: pd.DataFrame, row: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def margin_by_step(curves: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """How `a`'s lead over `b` grows with training: one row per step both were evaluated at, with each
+    row's mean and std NLP over seeds, the margin (a - b), twice the larger std, and the verdict the beats
+    rule would give at that step (how the mini regime's training length was chosen on the control)."""
+    ma, mb = mean_curve(curves, a), mean_curve(curves, b)
+    m = ma.merge(mb, on="step", suffixes=("_a", "_b"))
+    out = pd.DataFrame({"step": m["step"], f"{a} NLP": m["nlp_a"], f"{a} std": m["nlp_std_a"],
+                        f"{b} NLP": m["nlp_b"], f"{b} std": m["nlp_std_b"], "seeds": m[["n_a", "n_b"]].min(axis=1)})
+    out["margin"] = m["nlp_a"] - m["nlp_b"]
+    spread = m[["nlp_std_a", "nlp_std_b"]].max(axis=1, skipna=False)
+    out["2x spread"] = 2 * spread
+    out["verdict"] = [INCONCLUSIVE if n < MIN_SEEDS else _compare(mg, sp)
+                      for mg, sp, n in zip(out["margin"], spread, out["seeds"])]
+    return out
+
+
 class Speedup(NamedTuple):
     speedup: float  # baseline_x / row_x; NaN if the row never reaches the target
     target: float  # the baseline's final mean NLP

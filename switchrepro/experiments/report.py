@@ -282,6 +282,20 @@ def _why(v: C.Verdict) -> str:
     return "the margin is within twice the seed spread (or the evidence is mixed)"
 
 
+def _control_by_step(table: str, curves: Optional[pd.DataFrame]) -> list:
+    """For a table whose positive control has both rows' curves: its margin at every evaluation."""
+    control = next((c for c in C.TABLE_CLAIMS.get(table, []) if c.control and len(c.rows) == 2), None)
+    if control is None or curves is None or curves.empty or not set(control.rows) <= set(curves["row"]):
+        return []
+    by_step = C.margin_by_step(curves, *control.rows)
+    if by_step.empty:
+        return []
+    return ["", "### Positive control by step", "",
+            f"{control.rows[0]} minus {control.rows[1]}, mean over seeds at each evaluation; the verdict is the "
+            "beats rule applied at that step.", "",
+            by_step.to_markdown(index=False, floatfmt=".4f"), ""]
+
+
 def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
                  preface: Optional[str] = None) -> Path:
     """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
@@ -320,6 +334,7 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
         if t.meta.get("notes"):
             lines += [str(t.meta["notes"]), ""]
         lines += [table_markdown(name, summary, paper_df, curves), "### Verdicts", "", _verdict_table(t.verdicts)]
+        lines += _control_by_step(name, curves)
         images = _image_links(t.plots, out_path.parent)
         lines += ["### Plots", "", *(f"{img}\n" for img in images)] if images else []
 
