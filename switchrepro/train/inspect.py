@@ -1,7 +1,7 @@
 """Look inside a trained run: what each FFN branch adds to the residual stream, how confident each router
 is, and how stable its choices are from one checkpoint to the next (`switchrepro inspect --run-dir DIR`).
 
-These are the numbers behind the mini-scale calibration in results/mini/REPORT.md: a Switch layer scales
+These are the numbers behind the mini-scale calibration in results/mini-spm8k/REPORT.md: a Switch layer scales
 its expert's output by the router probability (paper eq. 2), so a router that stays near 1/E, or that keeps
 moving tokens between experts, shows up here before it shows up in the loss.
 """
