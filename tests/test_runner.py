@@ -183,3 +183,28 @@ def test_dry_run_prints_the_plan(dirs):
 def test_runner_bad_input(args, message):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_workers_share_a_table_one_core_and_one_thread_each(dirs, tmp_path):
+    results, runs_dir = tmp_path / "results", tmp_path / "runs"
+    cmd = ["run", "table3", "--scale", "smoke", "--seeds", "1", "--workers", "2", "--results-dir", str(results),
+           "--runs-dir", str(runs_dir), "--gin", f"DataConfig.cache_dir = '{dirs['cache']}'"]
+    out = CliRunner().invoke(main, cmd)
+    assert out.exit_code == 0, out.output
+    assert "worker 0: core" in out.output and "worker 1: core" in out.output
+    assert "2 of 2 runs of the table finished" in out.output and "Verdicts:" in out.output
+    hosts = [json.loads(line) for f in sorted(runs_dir.glob("smoke/table3/*/hosts.jsonl")) for line in f.open()]
+    assert len(hosts) == 2  # every run trained exactly once, by one of the workers
+    assert all(h["usable_cpus"] == 1 and "intra_op_parallelism_threads=1" in h["xla_flags"] for h in hosts)
+    assert len(pd.read_csv(results / "smoke" / "table3.csv")) == 2
+
+
+def test_workers_refuse_what_they_cannot_do(dirs, tmp_path):
+    base = ["run", "table3", "--scale", "smoke", "--results-dir", str(tmp_path / "r"),
+            "--runs-dir", str(tmp_path / "x")]
+    out = CliRunner().invoke(main, [*base, "--workers", "512"])
+    assert out.exit_code != 0 and "--workers 512 needs 512 usable CPU cores" in out.output
+    out = CliRunner().invoke(main, [*base, "--workers", "2", "--mesh", "data=1,expert=1"])
+    assert out.exit_code != 0 and "cannot be combined with --mesh" in out.output
+    assert not (tmp_path / "x").exists()  # nothing trained

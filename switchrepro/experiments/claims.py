@@ -206,7 +206,7 @@ def margin_by_step(curves: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     spread = m[["nlp_std_a", "nlp_std_b"]].max(axis=1, skipna=False)
     out["2x spread"] = 2 * spread
     out["verdict"] = [INCONCLUSIVE if n < MIN_SEEDS else _compare(mg, sp)
-                      for mg, sp, n in zip(out["margin"], spread, out["seeds"])]
+                      for mg, sp, n in zip(out["margin"], spread, out["seeds"], strict=True)]
     return out
 
 

@@ -101,7 +101,8 @@ def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[
     roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
     for root in roots:
         for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")):
-            if d != run.run_dir and d.is_dir() and run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
+            finished = run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged")
+            if d != run.run_dir and d.is_dir() and finished:
                 return d
     return None
 
