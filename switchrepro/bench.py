@@ -206,3 +206,25 @@ def run_mesh_bench(mesh, expert_counts: List[int], repeats: int = 5, tokens: int
     out("All-to-all bytes: each device's [E, G_local, C, d_model] float32 buffer, of which (D_e - 1)/D_e leaves "
         "the device, out and back, forward and backward.")
     return "\n".join(lines) + "\n"
+
+
+def run_table_bench(rows, seeds: int, steps: int = 10, echo: Callable[[str], None] = print) -> str:
+    """Training time of a table's rows at their real shapes. `rows`: [(row name, ExperimentConfig)].
+
+    Each row's step is timed on synthetic batches (median of `steps` after compilation) in this process,
+    with its cores and XLA threads; the estimate is seeds x TrainConfig.steps x that time, leaving out
+    evaluation and checkpoints (a few percent at mini scale)."""
+    lines = ["| row | params | examples/sec | sec/step | steps x seeds | est. minutes |", "|---|---|---|---|---|---|"]
+    total = 0.0
+    for name, cfg in rows:
+        d = cfg.data
+        rate, params = whole_model_rate(cfg.model, d.batch_size, d.inputs_length, d.targets_length, steps)
+        sec_per_step = d.batch_size / rate
+        minutes = seeds * cfg.train.steps * sec_per_step / 60
+        total += minutes
+        lines.append(f"| {name} | {params:,} | {rate:.1f} | {sec_per_step:.3f} | {cfg.train.steps} x {seeds} "
+                     f"| {minutes:.1f} |")
+        echo(lines[-1])
+    lines.append(f"| **all** | | | | | **{total:.1f}** |")
+    echo(lines[-1])
+    return "\n".join(lines) + "\n"

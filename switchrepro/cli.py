@@ -762,5 +762,39 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
         output.write_text(text)
 
 
+@bench.command("table")
+@click.argument("table")
+@click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True)
+@click.option("--rows", default=None, help="Comma-separated row names (default: the table's rows at this scale).")
+@click.option("--steps", default=10, type=click.IntRange(1), show_default=True,
+              help="Training steps timed per row (median), after compilation.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as markdown here.")
+def bench_table(table, scale, rows, steps, output):
+    """Time one training step of each row of TABLE at its real shapes (synthetic batches, in this process with
+    its cores and XLA threads) and estimate the table's training time: rows x seeds x steps. Run it under
+    `taskset -c 0` with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" for the
+    one-core time of a `run --workers` process."""
+    from switchrepro import bench as B
+    from switchrepro.experiments import runner
+
+    if output is not None:
+        ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
+    spec = parse_table(table)
+    row_names = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    try:
+        planned = runner.plan(spec, scale, parse_config, Path("runs"), seeds=1, rows=row_names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from e
+    from switchrepro.train import host
+
+    where = f"{backend_line()}; {host.layout(host.describe())}"
+    click.echo(where)
+    click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row")
+    text = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps, echo=click.echo)
+    if output:
+        output.write_text(f"`switchrepro bench table {table} --scale {scale} --steps {steps}`\n\n{where}\n\n{text}")
+
+
 if __name__ == "__main__":
     main()

@@ -177,3 +177,21 @@ def test_agreement_on_literal_choices():
     b = [[0, 2, 2, 0], [1, 0, 9, 9]]
     mask = [[True, True, True, True], [True, True, False, False]]
     assert agreement(a, b, mask) == 3 / 6  # same at (0,0), (0,2), (1,0); the padded pair is ignored
+
+
+def test_bench_table_times_each_row_and_adds_up_the_estimate(tmp_path):
+    out_file = tmp_path / "bench.md"
+    out = CliRunner().invoke(main, ["bench", "table", "scaling", "--scale", "smoke", "--rows", "T5-Base",
+                                    "--steps", "2", "--output", str(out_file)])
+    assert out.exit_code == 0, out.output
+    text = out_file.read_text()
+    rows = [ln.split("|")[1:-1] for ln in text.splitlines() if ln.startswith("| T5-Base")]
+    assert len(rows) == 1
+    _, params, rate, sec_per_step, plan, minutes = rows[0]
+    assert plan.strip() == "4 x 1" and int(params.replace(",", "")) > 0  # smoke: 4 steps, 1 seed
+    assert float(sec_per_step) == pytest.approx(8 / float(rate), rel=0.02)  # smoke batch 8
+    assert float(minutes) == pytest.approx(4 * float(sec_per_step) / 60, abs=0.051)
+    assert f"| **all** | | | | | **{minutes.strip()}** |" in text
+    assert "cpu backend" in text and "CPUs" in text  # where it was measured
+    bad = CliRunner().invoke(main, ["bench", "table", "table3", "--rows", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
