@@ -482,12 +482,9 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     extra = _bindings_with_tfds(bindings, tfds_data_dir)
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    row_names = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    row_names = _row_names(rows)
     build = lambda files, b: parse_config(files, [*b, *extra])  # noqa: E731
-    try:
-        runs = runner.plan(spec, scale, build, runs_dir, seeds=seeds, rows=row_names)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from e
+    runs = _plan(spec, scale, build, runs_dir, seeds, row_names)
     plan = runner.dry_run_table(runs)
     if dry_run:
         import pandas as pd
@@ -538,6 +535,20 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
     click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
     _print_table(spec, scale, results, curves)
+
+
+def _row_names(rows: Optional[str]) -> Optional[List[str]]:
+    return [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+
+
+def _plan(spec, scale, build, runs_dir, seeds, row_names):
+    """runner.plan, with an unknown row name as a one-line error."""
+    from switchrepro.experiments import runner
+
+    try:
+        return runner.plan(spec, scale, build, runs_dir, seeds=seeds, rows=row_names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from e
 
 
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -776,16 +787,11 @@ def bench_table(table, scale, rows, steps, output):
     `taskset -c 0` with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" for the
     one-core time of a `run --workers` process."""
     from switchrepro import bench as B
-    from switchrepro.experiments import runner
 
     if output is not None:
         ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
     spec = parse_table(table)
-    row_names = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
-    try:
-        planned = runner.plan(spec, scale, parse_config, Path("runs"), seeds=1, rows=row_names)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from e
+    planned = _plan(spec, scale, parse_config, Path("runs"), 1, _row_names(rows))
     from switchrepro.train import host
 
     where = f"{backend_line()}; {host.layout(host.describe())}"

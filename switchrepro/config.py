@@ -191,12 +191,12 @@ class ExperimentConfig:
         self.train.validate()
         from switchrepro.data import TASK_INFO  # light: no TensorFlow
 
-        info = TASK_INFO.get(self.data.task)
-        # A smaller table would silently clamp token ids in the embedding lookup; a larger one wastes softmax.
-        _check(info is None or info.vocab_size == self.model.vocab_size,
-               f"ModelConfig.vocab_size = {self.model.vocab_size} does not match task {self.data.task!r}, whose "
-               f"vocabulary has {info.vocab_size if info else '?'} ids; set ModelConfig.vocab_size = "
-               f"{info.vocab_size if info else '?'}")
+        info = TASK_INFO.get(self.data.task)  # an unknown task is refused when its data is requested
+        if info is not None:
+            # A smaller table would silently clamp token ids in the embedding lookup; a larger one wastes softmax.
+            _check(info.vocab_size == self.model.vocab_size,
+                   f"ModelConfig.vocab_size = {self.model.vocab_size} does not match task {self.data.task!r}, whose "
+                   f"vocabulary has {info.vocab_size} ids; set ModelConfig.vocab_size = {info.vocab_size}")
         return self
 
 
