@@ -474,7 +474,9 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     if workers > 1 and (mesh_text or distributed or coordinator or num_processes or process_id is not None):
         raise UserError("--workers runs independent one-core processes on this machine; it cannot be combined "
                         "with --mesh or the multi-host options")
-    cores = _usable_cores()
+    from switchrepro.train.host import usable_cores
+
+    cores = usable_cores()
     if workers > len(cores):
         raise UserError(f"--workers {workers} needs {workers} usable CPU cores, this process may use "
                         f"{len(cores) or 'an unknown number of'}; use --workers {max(1, len(cores))} or fewer")
@@ -554,10 +556,6 @@ def _plan(spec, scale, build, runs_dir, seeds, row_names):
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _usable_cores() -> List[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
 def _pin_worker() -> None:
     """In a --workers child: keep to the core the parent chose, before XLA starts its threads."""
     core = os.environ.get("SWITCHREPRO_WORKER_CORE")
@@ -570,7 +568,9 @@ def run_workers(args, workers: int) -> None:
     thread and no progress bar, and wait for all; UserError if any fails."""
     import subprocess
 
-    cores = _usable_cores()
+    from switchrepro.train.host import usable_cores
+
+    cores = usable_cores()
     flags = f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_XLA_FLAGS}".strip()
     procs = []
     for i in range(workers):
@@ -787,13 +787,12 @@ def bench_table(table, scale, rows, steps, output):
     `taskset -c 0` with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" for the
     one-core time of a `run --workers` process."""
     from switchrepro import bench as B
+    from switchrepro.train import host
 
     if output is not None:
         ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
     spec = parse_table(table)
     planned = _plan(spec, scale, parse_config, Path("runs"), 1, _row_names(rows))
-    from switchrepro.train import host
-
     where = f"{backend_line()}; {host.layout(host.describe())}"
     click.echo(where)
     click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row")

@@ -197,7 +197,7 @@ def mean_curve(curves: pd.DataFrame, row: str) -> pd.DataFrame:
 def margin_by_step(curves: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """How `a`'s lead over `b` grows with training: one row per step both were evaluated at, with each
     row's mean and std NLP over seeds, the margin (a - b), twice the larger std, and the verdict the beats
-    rule would give at that step (how the mini regime's training length was chosen on the control)."""
+    rule would give at that step: the evidence for choosing a regime's length on the control alone."""
     ma, mb = mean_curve(curves, a), mean_curve(curves, b)
     m = ma.merge(mb, on="step", suffixes=("_a", "_b"))
     out = pd.DataFrame({"step": m["step"], f"{a} NLP": m["nlp_a"], f"{a} std": m["nlp_std_a"],

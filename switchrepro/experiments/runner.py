@@ -101,8 +101,9 @@ def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[
     roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
     for root in roots:
         for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")):
-            finished = run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged")
-            if d != run.run_dir and d.is_dir() and finished:
+            if d == run.run_dir or not d.is_dir():
+                continue
+            if run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
                 return d
     return None
 

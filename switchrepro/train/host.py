@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 
 def cpu_model() -> str:
@@ -25,11 +25,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def usable_cores() -> List[int]:
+    """The CPU cores this process may run on (taskset / the container); [] where the OS cannot say."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def describe() -> Dict[str, Any]:
     """CPU, usable cores, XLA threading flags and JAX devices of this process."""
     import jax
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = len(usable_cores()) or os.cpu_count()
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
