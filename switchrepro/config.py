@@ -164,6 +164,7 @@ class TrainConfig:
     learning_rate: float = 1.0  # Adafactor base: lr(step) = learning_rate / sqrt(max(step, warmup_steps))
     warmup_steps: int = 100
     linear_warmup: bool = False  # T5 holds lr constant during warmup; True ramps it linearly from 0
+    cooldown_steps: int = 0  # >0: lr decays linearly to 0 over the last cooldown_steps (quiets the final evals)
     logits_z_loss: float = 1e-4  # T5X output-logit z-loss (not the router z-loss)
     eval_every: int = 50
     checkpoint_every: int = 100
@@ -175,6 +176,8 @@ class TrainConfig:
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.warmup_steps >= 1, f"warmup_steps must be >= 1, got {self.warmup_steps}")
+        _check(0 <= self.cooldown_steps <= self.steps,
+               f"cooldown_steps must be between 0 and steps ({self.steps}), got {self.cooldown_steps}")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "eval_every, checkpoint_every and log_every must be >= 1")
 

@@ -88,6 +88,21 @@ def test_identical_run_of_another_table_is_reused_not_retrained(tmp_path):
     assert "reused" in messages[0]
 
 
+def test_committed_run_keys_are_reproduced_from_their_operative_configs():
+    # A fresh clone reuses a committed run only if its key still hashes the same; options added since
+    # (TrainConfig.cooldown_steps) are hashed only when set, so older runs keep their keys.
+    import dataclasses
+    from pathlib import Path
+
+    logs = sorted(Path(__file__).resolve().parents[1].glob("results/mini/logs/*/*/config.gin"))
+    assert logs
+    for config_gin in logs:
+        cfg, _ = parse_config([str(config_gin)], [])
+        assert config_gin.parent.name.endswith("-" + runner.config_hash(cfg)), config_gin
+    cooled = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cooldown_steps=cfg.train.steps // 5))
+    assert runner.config_hash(cooled) != runner.config_hash(cfg)
+
+
 def test_a_run_finished_in_the_committed_logs_is_reused_on_a_fresh_clone(tmp_path):
     run = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path / "runs", seeds=1, rows=["T5-Base"])[0]
     logs = tmp_path / "results" / "mini" / "logs"

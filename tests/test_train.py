@@ -120,6 +120,19 @@ def test_learning_rate_schedule_is_inverse_square_root():
     assert float(lin(49)) == pytest.approx(0.05)
 
 
+def test_cooldown_decays_the_last_steps_linearly_and_never_to_zero():
+    from switchrepro.config import TrainConfig
+
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=100, steps=400, cooldown_steps=100)
+    s, plain = trainer.learning_rate_schedule(cfg), trainer.learning_rate_schedule(TrainConfig(warmup_steps=100))
+    assert float(s(299)) == pytest.approx(float(plain(299)))  # untouched before the cooldown
+    # count 349 is update 350 of 400: 51 of the 100 cooldown updates are left, counting this one.
+    assert float(s(349)) == pytest.approx(0.51 / 350 ** 0.5)
+    assert float(s(399)) == pytest.approx(0.01 / 20.0)  # the last update: 1/100 of rsqrt(400)
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        TrainConfig(steps=10, cooldown_steps=11).validate()
+
+
 # ------------------------------------------------------------------ damaged run state: replay, never crash
 
 

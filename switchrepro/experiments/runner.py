@@ -52,10 +52,17 @@ class PlannedRun:
     run_dir: Path
 
 
+_ADDED_LATER = (("train", "cooldown_steps", 0),)
+
+
 def config_hash(cfg: ExperimentConfig) -> str:
     """A stable hash of everything that determines a run's metrics (progress-bar flags excluded)."""
     d = dataclasses.asdict(cfg)
     d["train"].pop("progress", None)
+    # Options added after runs were committed are hashed only when set, so old runs keep their keys.
+    for section, name, neutral in _ADDED_LATER:
+        if d[section].get(name) == neutral:
+            d[section].pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -33,13 +33,17 @@ from switchrepro.train.metrics_log import MetricsLog
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], Any]:
-    """T5's inverse-square-root schedule: lr / sqrt(max(step, warmup)), optionally ramped linearly."""
+    """T5's inverse-square-root schedule: lr / sqrt(max(step, warmup)), optionally ramped linearly,
+    optionally cooled down linearly to 0 over the last `cooldown_steps` updates (the update with
+    0-based count c is scaled by min(1, (steps - c) / cooldown_steps), so the last one is not zero)."""
 
     def schedule(count):
         step = jnp.asarray(count, jnp.float32) + 1.0
         lr = cfg.learning_rate / jnp.sqrt(jnp.maximum(step, cfg.warmup_steps))
         if cfg.linear_warmup:
             lr = lr * jnp.minimum(1.0, step / cfg.warmup_steps)
+        if cfg.cooldown_steps:
+            lr = lr * jnp.minimum(1.0, (cfg.steps + 1.0 - step) / cfg.cooldown_steps)
         return lr
 
     return schedule
