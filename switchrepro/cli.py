@@ -643,7 +643,8 @@ def report(scale, results_dir):
 
     Hand-written context is read from results/<scale>/notes/ when present: `_preface.md` (how the runs
     were made), `<table>.md` (shown under the table) and `<table>.json` ({claim id: why it does not
-    reproduce}, quoting the numbers)."""
+    reproduce}, quoting the numbers). Calibration regimes, results/<scale>/calibration/<regime>/ (each the
+    --results-dir of a `run` of a table's control rows), get a section of their own."""
     import json as _json
 
     from switchrepro.experiments import claims, runner
@@ -672,9 +673,16 @@ def report(scale, results_dir):
         tables[table] = R.TableReport(results, curves, loads, verdicts, plots, meta)
     if not tables:
         raise UserError(f"no results at scale {scale} in {results_dir}: run `switchrepro run TABLE --scale {scale}`")
+    calibration = []  # results/<scale>/calibration/<regime>/ holds a `run --results-dir` of control rows
+    regimes = results_dir / scale / "calibration"
+    for regime in sorted(p for p in regimes.iterdir() if p.is_dir()) if regimes.is_dir() else []:
+        for table in ("scaling", "table1"):
+            saved = runner.load_saved(regime, scale, table)
+            if saved is not None:
+                calibration.append(R.Calibration(regime.name, table, saved[0], saved[1], saved[3]))
     preface = results_dir / scale / "notes" / "_preface.md"
     path = R.write_report(scale, tables, results_dir / scale / "REPORT.md",
-                          preface=preface.read_text() if preface.exists() else None)
+                          preface=preface.read_text() if preface.exists() else None, calibration=calibration)
     click.echo(f"wrote {path} ({', '.join(tables)})")
 
 

@@ -139,3 +139,21 @@ def test_report_shows_the_positive_control_at_every_step(tmp_path):
     only_switch = res[res["row"] != "T5-Large"], cur[cur["row"] != "T5-Large"]
     tables = {"scaling": (*only_switch, None, C.evaluate_claims("scaling", *only_switch), [], {})}
     assert "Positive control by step" not in R.write_report("smoke", tables, tmp_path / "R2.md").read_text()
+
+
+def test_report_sets_calibration_regimes_side_by_side(tmp_path):
+    clear = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.85})  # std 0.0071 per row, margin 0.15
+    noisy = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.995})  # margin 0.005 < 2 x 0.0071
+    regimes = [R.Calibration("wide-lead", "scaling", *clear, {"command": "switchrepro run scaling --gin X=1"}),
+               R.Calibration("no-lead", "scaling", *noisy, {})]
+    res, cur = frames("scaling", SCALING_ROWS)
+    tables = {"scaling": (res, cur, None, C.evaluate_claims("scaling", res, cur), [], {})}
+    text = R.write_report("smoke", tables, tmp_path / "REPORT.md", calibration=regimes).read_text()
+    section = text[text.index("## Calibration: the positive control per regime"):text.index("## scaling:")]
+    rows = {ln.split("|")[1].strip(): ln for ln in section.splitlines() if ln.startswith("| ") and "beats" in ln}
+    assert set(rows) == {"wide-lead", "no-lead"}
+    assert "| 0.1500 | 0.0141 | **reproduced** |" in rows["wide-lead"]
+    assert "| 0.0050 | 0.0141 | **inconclusive** |" in rows["no-lead"]
+    assert "| 2, 2 | 30 | — | 0.1 | -1.8450 ± 0.0071 | -1.9950 ± 0.0071 |" in rows["wide-lead"]  # seeds 0, 1: +0.01
+    assert "- Command: `switchrepro run scaling --gin X=1`" in section and "### Calibration no-lead" in section
+    assert R.calibration_markdown([]) == []

@@ -156,6 +156,15 @@ def test_run_collect_plot_report(dirs):
     assert "Made on a test machine." in text and "Table-one note." in text
     assert "Why: one seed only, by design." in text
     assert "- CPU and threads: " in text and " CPUs" in text  # the runs' recorded layout
+    # A calibration regime is a run's --results-dir under results/<scale>/calibration/<name>/.
+    regime = dirs["results"] / "smoke" / "calibration" / "probe-a" / "smoke"
+    regime.mkdir(parents=True)
+    for f in (dirs["results"] / "smoke").glob("table1*"):
+        shutil.copy(f, regime / f.name)
+    rep = CliRunner().invoke(main, ["report", "--scale", "smoke", "--results-dir", str(dirs["results"])])
+    assert rep.exit_code == 0, rep.output
+    text = (dirs["results"] / "smoke" / "REPORT.md").read_text()
+    assert "| probe-a | T5-Large beats T5-Base | 0, 1 |" in text and "### Calibration probe-a" in text
 
 
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):

@@ -296,11 +296,59 @@ def _control_by_step(table: str, curves: Optional[pd.DataFrame]) -> list:
             by_step.to_markdown(index=False, floatfmt=".4f"), ""]
 
 
+class Calibration(NamedTuple):
+    """One calibration regime: a `switchrepro run TABLE --rows <its control rows> --gin ...` saved under
+    results/<scale>/calibration/<name>/ (that directory is the run's --results-dir)."""
+
+    name: str
+    table: str
+    results: pd.DataFrame
+    curves: Optional[pd.DataFrame]
+    meta: Mapping[str, object]
+
+
+def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
+    """The positive control of each calibration regime side by side (final verdict by the beats rule),
+    then each regime's margin at every evaluation."""
+    if not regimes:
+        return []
+    lines = ["## Calibration: the positive control per regime", "",
+             "Each regime is one `switchrepro run` of a table's positive-control rows with the bindings in its "
+             "command; its runs, configs and metrics are under `calibration/<regime>/`. The regime for the tables "
+             "is chosen on this control alone.", "",
+             "| Regime | Control | Seeds | Steps | Tokens per step | Epochs | Larger | Base | Margin | 2x spread "
+             "| Verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_step = []
+    for r in regimes:
+        control = next((c for c in C.TABLE_CLAIMS.get(r.table, []) if c.control and len(c.rows) == 2), None)
+        if control is None:
+            raise ValueError(f"calibration {r.name}: table {r.table} has no two-row positive control")
+        summary = C.table_summary(r.table, r.results, r.curves)
+        verdict = next(v for v in C.evaluate_claims(r.table, r.results, r.curves) if v.claim_id == control.id)
+        a, b = control.rows
+        cell = {row: _mean_std(*summary.loc[row, ["nlp_mean", "nlp_std"]], int(summary.loc[row, "n_ok"]), 4)
+                if row in summary.index else NOT_RUN for row in (a, b)}
+        seeds = ", ".join(f"{int(summary.loc[row, 'n_seeds'])}" if row in summary.index else "0" for row in (a, b))
+        steps = _listing(r.results["steps"]) if "steps" in r.results else DASH
+        epochs = f"{r.results['epochs'].max():.3g}" if "epochs" in r.results else DASH
+        lines.append(f"| {r.name} | {a} beats {b} | {seeds} | {steps} | {r.meta.get('tokens_per_step', DASH)} | "
+                     f"{epochs} | {cell[a]} | {cell[b]} | {C.num(verdict.margin)} | {C.num(2 * verdict.spread)} | "
+                     f"**{verdict.status}** |")
+        table = C.margin_by_step(r.curves, a, b) if r.curves is not None and not r.curves.empty else pd.DataFrame()
+        by_step += [f"### Calibration {r.name}", "",
+                    f"- Command: `{r.meta['command']}`" if r.meta.get("command") else "- Command: " + DASH]
+        hosts = list(dict.fromkeys(r.results["host"].dropna())) if "host" in r.results else []
+        by_step += [f"- CPU and threads: {'; '.join(map(str, hosts)) if hosts else DASH}", ""]
+        if not table.empty:
+            by_step += [table.to_markdown(index=False, floatfmt=".4f"), ""]
+    return lines + [""] + by_step
+
+
 def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
-                 preface: Optional[str] = None) -> Path:
+                 preface: Optional[str] = None, calibration: Sequence[Calibration] = ()) -> Path:
     """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
     plots (relative links) and run facts, and finally what does not reproduce and why. `preface` (markdown,
-    e.g. how the runs were made and calibrated) goes after the verdict rule."""
+    e.g. how the runs were made and calibrated) goes after the verdict rule, and then `calibration`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tables = {name: TableReport(*value) for name, value in tables.items()}
@@ -324,6 +372,7 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
     lines += ["", "## How verdicts are decided", "", C.VERDICT_RULE, ""]
     if preface:
         lines += [preface.strip(), ""]
+    lines += calibration_markdown(calibration)
 
     for name in order:
         t = tables[name]
