@@ -789,7 +789,9 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
               help="Training steps timed per row (median), after compilation.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as markdown here.")
-def bench_table(table, scale, rows, steps, output):
+@click.option("--gin", "bindings", multiple=True, metavar="NAME=VALUE",
+              help="Extra binding for every row, as in `run` (time a candidate regime before adopting it).")
+def bench_table(table, scale, rows, steps, output, bindings):
     """Time one training step of each row of TABLE at its real shapes (synthetic batches, in this process with
     its cores and XLA threads) and estimate the table's training time: rows x seeds x steps. Run it under
     `taskset -c 0` with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" for the
@@ -800,13 +802,14 @@ def bench_table(table, scale, rows, steps, output):
     if output is not None:
         ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
     spec = parse_table(table)
-    planned = _plan(spec, scale, parse_config, Path("runs"), 1, _row_names(rows))
+    build = lambda files, b: parse_config(files, [*b, *bindings])  # noqa: E731
+    planned = _plan(spec, scale, build, Path("runs"), 1, _row_names(rows))
     where = f"{backend_line()}; {host.layout(host.describe())}"
     click.echo(where)
     click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row")
     text = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps, echo=click.echo)
     if output:
-        output.write_text(f"`switchrepro bench table {table} --scale {scale} --steps {steps}`\n\n{where}\n\n{text}")
+        output.write_text(f"`{shlex.join(['switchrepro'] + sys.argv[1:])}`\n\n{where}\n\n{text}")
 
 
 if __name__ == "__main__":

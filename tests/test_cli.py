@@ -193,5 +193,13 @@ def test_bench_table_times_each_row_and_adds_up_the_estimate(tmp_path):
     assert float(minutes) == pytest.approx(4 * float(sec_per_step) / 60, abs=0.051)
     assert f"| **all** | | | | | **{minutes.strip()}** |" in text
     assert "cpu backend" in text and "CPUs" in text  # where it was measured
+    # --gin times a candidate regime: here 6 steps of batch 4 instead of the smoke scale's 4 of 8
+    out = CliRunner().invoke(main, ["bench", "table", "scaling", "--scale", "smoke", "--rows", "T5-Base",
+                                    "--steps", "2", "--gin", "TrainConfig.steps = 6",
+                                    "--gin", "DataConfig.batch_size = 4"])
+    assert out.exit_code == 0, out.output
+    _, _, rate, sec_per_step, plan, _ = next(ln.split("|")[1:-1] for ln in out.output.splitlines()
+                                             if ln.startswith("| T5-Base"))
+    assert plan.strip() == "6 x 1" and float(sec_per_step) == pytest.approx(4 / float(rate), rel=0.02)
     bad = CliRunner().invoke(main, ["bench", "table", "table3", "--rows", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
