@@ -141,7 +141,7 @@ class ModelConfig:
 class DataConfig:
     """Which seqio task feeds training and evaluation, and how batches are shaped."""
 
-    task: str = "switchrepro_span_corruption"  # or "switchrepro_byte_span_corruption", "c4_span_corruption"
+    task: str = "switchrepro_span_corruption"  # or switchrepro_byte_span_corruption, ..._byte_span20_..., c4_...
     inputs_length: int = 128
     targets_length: int = 32
     batch_size: int = 32

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from switchrepro.data import (
+    BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
     EMBEDDED_DIR,
     SPAN_CORRUPTION_TASK,
@@ -98,12 +99,16 @@ def test_span_corruption_task_has_sentinels_and_t5_noise_density():
             extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1)
 
 
-def test_byte_task_is_bytes_with_sentinels_counting_down_from_383():
+@pytest.mark.parametrize("task_name, mean_span, lengths", [
+    (BYTE_SPAN_CORRUPTION_TASK, 8.0, (146, 26)),  # ~3 spans of ~7 bytes per 128-byte input
+    (BYTE_SPAN20_CORRUPTION_TASK, 20.0, (148, 24)),  # ByT5's setting: one span of 22 bytes
+])
+def test_byte_task_is_bytes_with_sentinels_counting_down_from_383(task_name, mean_span, lengths):
     import t5.data.preprocessors as t5_pre
 
     from switchrepro.data import tasks
 
-    task = tasks.get_task(BYTE_SPAN_CORRUPTION_TASK)
+    task = tasks.get_task(task_name)
     assert task.output_features["targets"].vocabulary.vocab_size == 384
     ds = task.get_dataset({"inputs": 128, "targets": 32}, split="validation", shuffle=False, seed=0)
     noise = kept = spans = 0
@@ -120,11 +125,14 @@ def test_byte_task_is_bytes_with_sentinels_counting_down_from_383():
             assert sum(chr(c).isalpha() or c == 32 for c in raw) > 0.8 * len(raw)
     assert i == 299
     assert abs(noise / (noise + kept) - 0.15) < 0.01
-    assert 7 < noise / spans < 9  # mean noise span of 8 bytes
+    raw, targets_length = lengths
+    noise_per_example = round(0.15 * raw)
+    spans_per_example = round(noise_per_example / mean_span)
+    assert spans == 300 * spans_per_example and noise == 300 * noise_per_example  # T5 fixes both per example
 
-    assert cache.span_corruption_lengths(128, BYTE_SPAN_CORRUPTION_TASK) == t5_pre.random_spans_helper(
-        inputs_length=128, noise_density=0.15, mean_noise_span_length=8.0,
-        extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1) == (146, 26)
+    assert cache.span_corruption_lengths(128, task_name) == t5_pre.random_spans_helper(
+        inputs_length=128, noise_density=0.15, mean_noise_span_length=mean_span,
+        extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1) == lengths
 
 
 def test_cache_key_names_the_tasks_vocabulary_and_span_settings():

@@ -24,6 +24,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 
 SPAN_CORRUPTION_TASK = "switchrepro_span_corruption"
 BYTE_SPAN_CORRUPTION_TASK = "switchrepro_byte_span_corruption"
+BYTE_SPAN20_CORRUPTION_TASK = "switchrepro_byte_span20_corruption"
 C4_TASK = "c4_span_corruption"
 C4_TFDS_NAME = "c4/en:3.1.0"
 BYTE_EXTRA_IDS = 125  # 3 specials + 256 bytes + 125 sentinels = 384 ids (a multiple of 128)
@@ -49,6 +50,8 @@ TASK_INFO = {
     # ByT5-style: bytes carry ~1/4 of a subword's information, so spans are longer (ByT5 uses 20; 8 leaves
     # ~3 spans in a 128-byte input).
     BYTE_SPAN_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 8.0),
+    # ByT5's own setting: one ~20-byte span per 128-byte input, so filling it is mostly language knowledge.
+    BYTE_SPAN20_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0),
     C4_TASK: TaskInfo("spm8k", 8192, 0.15, 3.0),
 }
 TASKS = tuple(TASK_INFO)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from switchrepro.data import (
     BYTE_EXTRA_IDS,
+    BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
     C4_TASK,
     C4_TFDS_NAME,
@@ -85,7 +86,7 @@ def _add(task: seqio.Task) -> None:
 def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
     """(Re-)register the tasks. C4 needs a tfds_data_dir holding c4/en/3.1.0 (DataError otherwise)."""
     manifest = load_manifest()
-    for name in (SPAN_CORRUPTION_TASK, BYTE_SPAN_CORRUPTION_TASK):
+    for name in (SPAN_CORRUPTION_TASK, BYTE_SPAN_CORRUPTION_TASK, BYTE_SPAN20_CORRUPTION_TASK):
         _add(seqio.Task(
             name,
             source=seqio.FunctionDataSource(
