@@ -94,7 +94,8 @@ def test_committed_run_keys_are_reproduced_from_their_operative_configs():
     import dataclasses
     from pathlib import Path
 
-    logs = sorted(Path(__file__).resolve().parents[1].glob("results/mini/logs/*/*/config.gin"))
+    root = Path(__file__).resolve().parents[1]
+    logs = sorted(root.glob("results/mini/**/logs/*/*/config.gin"))  # the tables' and the calibration's
     assert logs
     for config_gin in logs:
         cfg, _ = parse_config([str(config_gin)], [])
