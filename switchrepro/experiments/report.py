@@ -215,6 +215,11 @@ def _listing(values) -> str:
     return ", ".join(str(v) for v in unique) if unique else DASH
 
 
+def _hosts(results: pd.DataFrame) -> list:
+    """The distinct CPU and thread layouts the runs recorded, in order of appearance."""
+    return list(dict.fromkeys(results["host"].dropna())) if "host" in results else []
+
+
 def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     """The run's facts: from `meta` where given, else from the results."""
     wall = meta.get("wall_seconds")
@@ -236,7 +241,7 @@ def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.D
     ]
     if threshold is not None and not _isnan(threshold):
         facts.append(("Quality threshold (NLP)", f"{float(threshold):.4f}"))
-    hosts = list(dict.fromkeys(results["host"].dropna())) if "host" in results else []
+    hosts = _hosts(results)
     facts.append(("CPU and threads", "; ".join(map(str, hosts)) if hosts else
                   "not recorded (runs made before switchrepro recorded the host)"))
     known = {"command", "wall_seconds", "scale", "seeds", "steps", "tokens_per_step", "epochs", "threshold", "notes",
@@ -282,9 +287,14 @@ def _why(v: C.Verdict) -> str:
     return "the margin is within twice the seed spread (or the evidence is mixed)"
 
 
+def _two_row_control(table: str) -> Optional[C.Claim]:
+    """The table's positive control of the form "A beats B", if it has one."""
+    return next((c for c in C.TABLE_CLAIMS.get(table, []) if c.control and len(c.rows) == 2), None)
+
+
 def _control_by_step(table: str, curves: Optional[pd.DataFrame]) -> list:
     """For a table whose positive control has both rows' curves: its margin at every evaluation."""
-    control = next((c for c in C.TABLE_CLAIMS.get(table, []) if c.control and len(c.rows) == 2), None)
+    control = _two_row_control(table)
     if control is None or curves is None or curves.empty or not set(control.rows) <= set(curves["row"]):
         return []
     by_step = C.margin_by_step(curves, *control.rows)
@@ -313,18 +323,18 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
     if not regimes:
         return []
     lines = ["## Calibration: the positive control per regime", "",
-             "Each regime is one `switchrepro run` of a table's positive-control rows with the bindings in its "
-             "command; its runs, configs and metrics are under `calibration/<regime>/`. The regime for the tables "
-             "is chosen on this control alone.", "",
+             "Each regime is a `switchrepro run` (or several, with the same bindings) of a table's "
+             "positive-control rows; its runs' configs and metrics are under `calibration/<regime>/`. The regime "
+             "for the tables is chosen on this control alone.", "",
              "| Regime | Control | Seeds | Steps | Tokens per step | Epochs | Larger | Base | Margin | 2x spread "
              "| Verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_step = []
     for r in regimes:
-        control = next((c for c in C.TABLE_CLAIMS.get(r.table, []) if c.control and len(c.rows) == 2), None)
+        control = _two_row_control(r.table)
         if control is None:
             raise ValueError(f"calibration {r.name}: table {r.table} has no two-row positive control")
         summary = C.table_summary(r.table, r.results, r.curves)
-        verdict = next(v for v in C.evaluate_claims(r.table, r.results, r.curves) if v.claim_id == control.id)
+        (verdict,) = C.evaluate_claims(r.table, r.results, r.curves, claims=[control])
         a, b = control.rows
         cell = {row: _mean_std(*summary.loc[row, ["nlp_mean", "nlp_std"]], int(summary.loc[row, "n_ok"]), 4)
                 if row in summary.index else NOT_RUN for row in (a, b)}
@@ -337,7 +347,7 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
         table = C.margin_by_step(r.curves, a, b) if r.curves is not None and not r.curves.empty else pd.DataFrame()
         by_step += [f"### Calibration {r.name}", "",
                     f"- Command: `{r.meta['command']}`" if r.meta.get("command") else "- Command: " + DASH]
-        hosts = list(dict.fromkeys(r.results["host"].dropna())) if "host" in r.results else []
+        hosts = _hosts(r.results)
         by_step += [f"- CPU and threads: {'; '.join(map(str, hosts)) if hosts else DASH}", ""]
         if not table.empty:
             by_step += [table.to_markdown(index=False, floatfmt=".4f"), ""]
