@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from conftest import TINY_MODEL
 
 from switchrepro.config import ConfigError, ModelConfig, MoeConfig
-from switchrepro.model.t5 import dummy_batch, init_params, logical_axes, relative_position_bucket
+from switchrepro.model.t5 import (Attention, RelativePositionBias, _segment_mask, attention_bias, dummy_batch,
+                                  init_params, logical_axes, relative_position_bucket, softmax_last_axis)
 from switchrepro.train.trainer import cross_entropy, flops_per_token
 
 ROUTERS = [None, MoeConfig(num_experts=4, router="switch"), MoeConfig(num_experts=4, router="top2"),
@@ -51,6 +53,69 @@ def test_forward_backward(moe):
     assert all(np.all(np.isfinite(g)) for g in leaves)
     # Every parameter gets a gradient signal (routers included: the gate carries it).
     assert all(float(jnp.abs(g).sum()) > 0 for g in leaves)
+
+
+def test_softmax_last_axis_matches_jax_softmax_values_and_gradients():
+    """The hand-written backward is the softmax's: values and VJPs equal jax.nn.softmax's, masked entries too."""
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 7)) * 4.0
+    logits = logits.at[:, :, :, -2:].add(-1e9)  # masked keys, as attention_bias adds them
+    g = jax.random.normal(jax.random.PRNGKey(1), logits.shape)
+    y, vjp = jax.vjp(softmax_last_axis, logits)
+    y_ref, vjp_ref = jax.vjp(lambda t: jax.nn.softmax(t, axis=-1), logits)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(y[..., -2:])) == 0.0
+    # Under jit and jax.grad of a scalar loss too.
+    loss = lambda f: jax.jit(jax.grad(lambda t: jnp.sum(f(t) * g)))(logits)
+    np.testing.assert_allclose(loss(softmax_last_axis), loss(lambda t: jax.nn.softmax(t, axis=-1)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _reference_attention(p, x, kv, mask, position_bias, heads, d_kv):
+    """Plain multi-head attention (the pre-2026-12-03 formulation): logits / sqrt(d), + bias, where(mask),
+    jax.nn.softmax."""
+    split = lambda t: t.reshape(t.shape[:-1] + (heads, d_kv))
+    q, k, v = (split(a @ p[n]["kernel"]) for a, n in ((x, "query"), (kv, "key"), (kv, "value")))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d_kv)
+    if position_bias is not None:
+        logits = logits + position_bias
+    weights = jax.nn.softmax(jnp.where(mask, logits, -1e9), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (heads * d_kv,)) @ p["out"]["kernel"]
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self_with_position_bias", "cross"])
+def test_attention_matches_plain_reference(cross):
+    """Attention with the per-stack additive biases equals plain masked attention: outputs and gradients
+    for every parameter (position-bias table included) and the input, with padded keys and queries."""
+    cfg = dataclasses.replace(TINY_MODEL, d_model=32, num_heads=4, d_kv=8)
+    b, q_len, k_len = 3, 6, (9 if cross else 6)
+    x = jax.random.normal(jax.random.PRNGKey(0), (b, q_len, 32))
+    kv = jax.random.normal(jax.random.PRNGKey(1), (b, k_len, 32)) if cross else x
+    q_seg = jnp.asarray([[1] * 6, [1] * 4 + [0] * 2, [1, 1, 2, 2, 2, 0]])
+    k_seg = jnp.asarray([[1] * 9, [1] * 5 + [0] * 4, [1, 1, 1, 2, 2, 2, 0, 0, 0]]) if cross else q_seg
+    mask = _segment_mask(q_seg, k_seg)
+    att = Attention(cfg, jnp.float32)
+    relpos = RelativePositionBias(num_buckets=8, max_distance=16, num_heads=4, bidirectional=True)
+    params = nn.meta.unbox({"att": att.init(jax.random.PRNGKey(2), x, kv, attention_bias(mask), True)["params"],
+                            "rel": relpos.init(jax.random.PRNGKey(3), q_len, k_len)["params"]})
+
+    def ours(p, x):
+        position = None if cross else relpos.apply({"params": p["rel"]}, q_len, k_len)
+        return att.apply({"params": p["att"]}, x, kv if cross else x, attention_bias(mask, position), True)
+
+    def reference(p, x):
+        position = None if cross else relpos.apply({"params": p["rel"]}, q_len, k_len)
+        return _reference_attention(p["att"], x, kv if cross else x, mask, position, 4, 8)
+
+    real = np.asarray(q_seg > 0)  # a padding query attends to nothing: its output is undefined
+    np.testing.assert_allclose(np.asarray(ours(params, x))[real], np.asarray(reference(params, x))[real],
+                               rtol=1e-5, atol=1e-6)
+    g = jax.random.normal(jax.random.PRNGKey(4), x.shape[:2] + (32,)) * real[..., None]
+    grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * g), argnums=(0, 1))(params, x) for f in (ours, reference)]
+    for a, r in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)
+    if not cross:
+        assert float(jnp.abs(grads[0][0]["rel"]["rel_embedding"]).sum()) > 0
 
 
 def test_padding_does_not_change_real_outputs():

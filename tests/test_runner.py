@@ -1,6 +1,7 @@
 """`switchrepro run/plot/report` at smoke scale: the run -> collect -> plot path, resume, divergence."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -222,6 +223,8 @@ def test_workers_share_a_table_one_core_and_one_thread_each(dirs, tmp_path):
     hosts = [json.loads(line) for f in sorted(runs_dir.glob("smoke/table3/*/hosts.jsonl")) for line in f.open()]
     assert len(hosts) == 2  # every run trained exactly once, by one of the workers
     assert all(h["usable_cpus"] == 1 and "intra_op_parallelism_threads=1" in h["xla_flags"] for h in hosts)
+    # The source version is recorded with the layout: a git commit here (clones included), else the package.
+    assert all(re.fullmatch(r"[0-9a-f]{10}(\+dirty)?|switchrepro \S+", h["code"]) for h in hosts), hosts
     assert len(pd.read_csv(results / "smoke" / "table3.csv")) == 2
 
 

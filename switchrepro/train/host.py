@@ -8,8 +8,11 @@ comparable bit for bit only on the same CPU with the same layout. Each run recor
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any, Dict, List
 
 
@@ -30,6 +33,26 @@ def usable_cores() -> List[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of the switchrepro source that trains ('abc1234', '+dirty' with uncommitted
+    changes), or the package version outside a git checkout. Runs that differ only in code version can
+    differ in float rounding (for example after a speed change), never in configuration."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
+                                        timeout=10, check=True).stdout.strip()
+        sha = git("rev-parse", "--short=10", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "switchrepro")
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return "switchrepro " + version("switchrepro")
+        except PackageNotFoundError:
+            return "unknown"
+
+
 def describe() -> Dict[str, Any]:
     """CPU, usable cores, XLA threading flags and JAX devices of this process."""
     import jax
@@ -44,6 +67,7 @@ def describe() -> Dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
+        "code": code_version(),
     }
 
 
