@@ -11,8 +11,17 @@ import pytest
 from conftest import TINY_MODEL
 
 from switchrepro.config import ConfigError, ModelConfig, MoeConfig
-from switchrepro.model.t5 import (Attention, RelativePositionBias, _segment_mask, attention_bias, dummy_batch,
-                                  init_params, logical_axes, relative_position_bucket, softmax_last_axis)
+from switchrepro.model.t5 import (
+    Attention,
+    RelativePositionBias,
+    _segment_mask,
+    attention_bias,
+    dummy_batch,
+    init_params,
+    logical_axes,
+    relative_position_bucket,
+    softmax_last_axis,
+)
 from switchrepro.train.trainer import cross_entropy, flops_per_token
 
 ROUTERS = [None, MoeConfig(num_experts=4, router="switch"), MoeConfig(num_experts=4, router="top2"),
@@ -112,7 +121,7 @@ def test_attention_matches_plain_reference(cross):
                                rtol=1e-5, atol=1e-6)
     g = jax.random.normal(jax.random.PRNGKey(4), x.shape[:2] + (32,)) * real[..., None]
     grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * g), argnums=(0, 1))(params, x) for f in (ours, reference)]
-    for a, r in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    for a, r in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)
     if not cross:
         assert float(jnp.abs(grads[0][0]["rel"]["rel_embedding"]).sum()) > 0
