@@ -487,14 +487,23 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
     row_names = _row_names(rows)
     build = lambda files, b: parse_config(files, [*b, *extra])  # noqa: E731
     runs = _plan(spec, scale, build, runs_dir, seeds, row_names)
-    plan = runner.dry_run_table(runs)
     if dry_run:
         import pandas as pd
 
+        plan = runner.dry_run_table(runs, log_roots=[results_dir / scale, runs_dir / scale])
+        committed = results_dir / scale / "logs"
+        plan["status"] = ["committed" if s == "new" and runner.finished_twin(r, committed) else s
+                          for s, r in zip(plan["status"], runs, strict=True)]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             click.echo(plan.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
-        click.echo(f"estimated total: {plan['est. CPU minutes'].sum():.1f} CPU minutes for the unfinished runs "
-                   f"(estimate at {runner.CPU_FORWARD_GFLOPS:.0f} forward GFLOP/s)")
+        todo = plan[~plan["status"].isin(["done", "diverged", "committed"])]
+        n_measured = int((todo["estimate"] == "measured").sum())
+        basis = ("the forward GFLOP/s of the timed runs" if (plan["estimate"] == "measured").any()
+                 else "a tiny d_model-128 model's rate, which overestimates attention-heavy models' speed")
+        click.echo(f"estimated total: {todo['est. CPU minutes'].sum():.1f} CPU minutes for the {len(todo)} runs "
+                   f"still to train ({n_measured} timed from finished runs of the same configuration, the rest "
+                   f"from FLOPs at {plan.attrs['gflops']:.1f} forward GFLOP/s, {basis}; "
+                   f"`switchrepro bench table` times one step per row)")
         return
     from switchrepro.train import trainer
 

@@ -200,6 +200,23 @@ def test_dry_run_prints_the_plan(dirs):
     assert "Switch 128e" in out and "MFLOPs/example" in out and "estimated total" in out
 
 
+def test_dry_run_times_runs_from_finished_runs_of_the_same_config(dirs, tmp_path):
+    """Finished seed-0 runs time themselves and their seed-1 twins (same config but the seed); runs with
+    nothing to time them by are estimated from FLOPs; finished runs are not counted as still to train."""
+    base = ["run", "table3", "--scale", "smoke", "--results-dir", str(tmp_path / "results"), "--runs-dir",
+            str(tmp_path / "runs"), "--gin", f"DataConfig.cache_dir = '{dirs['cache']}'"]
+    assert CliRunner().invoke(main, [*base, "--seeds", "1"]).exit_code == 0
+    out = CliRunner().invoke(main, [*base, "--seeds", "2", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    lines = {tuple(line.split()[:3]): line for line in out.output.splitlines() if line.strip().startswith("init")}
+    assert sorted(" ".join(line.split()[-2:]) for line in lines.values()) == ["measured done"] * 2 + [
+        "measured new"] * 2, out.output
+    assert "for the 2 runs still to train (2 timed from finished runs" in out.output
+    # With a binding that changes the config, nothing matches: every run is new and FLOP-estimated.
+    out = CliRunner().invoke(main, [*base, "--seeds", "2", "--dry-run", "--gin", "TrainConfig.steps = 6"])
+    assert "for the 4 runs still to train (0 timed" in out.output and "at 18.0 forward GFLOP/s" in out.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "table99"], "unknown table 'table99'"),
     (["run", "table1", "--rows", "Nope"], "has no row 'Nope'"),

@@ -257,13 +257,39 @@ def _copy_logs(spec: TableSpec, runs: Sequence[PlannedRun], out: Path) -> None:
                     shutil.copy2(run.run_dir / name, dst / name)
 
 
-def dry_run_table(runs: Sequence[PlannedRun]) -> pd.DataFrame:
-    """The plan: rows, parameters, FLOPs per example, steps and an estimated time per run."""
+def measured_minutes(runs: Sequence[PlannedRun], log_roots: Sequence[Path], max_seed: int = 10) -> Dict[str, float]:
+    """Run dir name -> the wall minutes that finished runs of the same configuration with any seed below
+    `max_seed` took (their median), found as `<root>/**/<row>-s<seed>-<hash>/metrics.jsonl` under
+    `log_roots` (committed logs, calibration logs, other runs). A measurement beats the FLOP estimate:
+    at d_model 64 attention's elementwise work, which FLOPs do not count, is most of a step."""
+    found: Dict[str, float] = {}
+    for run in runs:
+        minutes = []
+        for seed in range(max_seed):
+            cfg = dataclasses.replace(run.config, train=dataclasses.replace(run.config.train, seed=seed))
+            pattern = f"**/*-s{seed}-{config_hash(cfg)}/metrics.jsonl"
+            for log in (f for root in log_roots if Path(root).is_dir() for f in sorted(Path(root).glob(pattern))):
+                rows = read_metrics(log)
+                wall = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
+                if wall and "done" in [r.get("event") for r in rows]:
+                    minutes.append(max(wall) / 60)
+                    break
+        if minutes:
+            found[run.run_dir.name] = float(np.median(minutes))
+    return found
+
+
+def dry_run_table(runs: Sequence[PlannedRun], log_roots: Sequence[Path] = ()) -> pd.DataFrame:
+    """The plan: rows, parameters, FLOPs per example, steps and an estimated time per run: measured where
+    a finished run of the same configuration exists under `log_roots` (any seed), else from its FLOPs at
+    the forward GFLOP/s those measured runs sustained (CPU_FORWARD_GFLOPS if none was measured).
+    `.attrs["gflops"]` is the rate used."""
     import jax
 
     from switchrepro.model.t5 import Transformer, dummy_batch
     from switchrepro.train.trainer import flops_per_token
 
+    measured = measured_minutes(runs, log_roots)
     lines = []
     for run in runs:
         c, d, t = run.config.model, run.config.data, run.config.train
@@ -271,11 +297,19 @@ def dry_run_table(runs: Sequence[PlannedRun]) -> pd.DataFrame:
             {"params": jax.random.PRNGKey(0)}, dummy_batch(2, d.inputs_length, d.targets_length), deterministic=True))
         params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
         flops = flops_per_token(c, d.inputs_length, d.targets_length)["flops_per_example"]
-        est = t.steps * d.batch_size * flops / (CPU_FORWARD_GFLOPS * 1e9)
         lines.append({"row": run.row.name, "seed": run.seed, "params": params, "MFLOPs/example": flops / 1e6,
                       "steps": t.steps, "batch": d.batch_size, "tokens/step": d.batch_size * d.inputs_length,
-                      "est. CPU minutes": est / 60, "status": run_status(run), "run_dir": str(run.run_dir)})
-    return pd.DataFrame(lines)
+                      "est. CPU minutes": measured.get(run.run_dir.name, np.nan),
+                      "estimate": "measured" if run.run_dir.name in measured else "FLOPs",
+                      "status": run_status(run), "run_dir": str(run.run_dir)})
+    plan = pd.DataFrame(lines)
+    work = plan["steps"] * plan["batch"] * plan["MFLOPs/example"] * 1e6  # forward FLOPs per run
+    timed = plan["estimate"] == "measured"
+    gflops = float(np.median(work[timed] / (plan.loc[timed, "est. CPU minutes"] * 60)) / 1e9) if timed.any() \
+        else CPU_FORWARD_GFLOPS
+    plan.loc[~timed, "est. CPU minutes"] = work[~timed] / (gflops * 1e9) / 60
+    plan.attrs["gflops"] = gflops
+    return plan
 
 
 def load_saved(results_dir: Path, scale: str, table: str):
