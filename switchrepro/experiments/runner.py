@@ -262,18 +262,20 @@ def measured_minutes(runs: Sequence[PlannedRun], log_roots: Sequence[Path], max_
     `max_seed` took (their median), found as `<root>/**/<row>-s<seed>-<hash>/metrics.jsonl` under
     `log_roots` (committed logs, calibration logs, other runs). A measurement beats the FLOP estimate:
     at d_model 64 attention's elementwise work, which FLOPs do not count, is most of a step."""
+    logs: Dict[str, Path] = {}  # "s<seed>-<hash>" -> the first metrics.jsonl found (row slugs have no '-')
+    for root in log_roots:
+        for log in sorted(Path(root).glob("**/metrics.jsonl")) if Path(root).is_dir() else []:
+            logs.setdefault(log.parent.name.split("-", 1)[-1], log)
     found: Dict[str, float] = {}
     for run in runs:
         minutes = []
         for seed in range(max_seed):
             cfg = dataclasses.replace(run.config, train=dataclasses.replace(run.config.train, seed=seed))
-            pattern = f"**/*-s{seed}-{config_hash(cfg)}/metrics.jsonl"
-            for log in (f for root in log_roots if Path(root).is_dir() for f in sorted(Path(root).glob(pattern))):
-                rows = read_metrics(log)
-                wall = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
-                if wall and "done" in [r.get("event") for r in rows]:
-                    minutes.append(max(wall) / 60)
-                    break
+            log = logs.get(f"s{seed}-{config_hash(cfg)}")
+            rows = read_metrics(log) if log else []
+            wall = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
+            if wall and "done" in [r.get("event") for r in rows]:
+                minutes.append(max(wall) / 60)
         if minutes:
             found[run.run_dir.name] = float(np.median(minutes))
     return found

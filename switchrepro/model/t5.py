@@ -96,8 +96,9 @@ def attention_bias(mask: Array, position_bias: Optional[Array] = None) -> Tuple[
     -1e9 elsewhere) and the relative position bias `<float32>[1, heads, q, k]` if any.
 
     Built once per stack; each layer adds them to its logits in the same fused pass that computes the
-    softmax. Added rather than masked with `where`, and never combined into one [batch, heads, q, k]
-    tensor: on CPU each extra pass over the scores costs as much as the attention matmuls at d_model 64.
+    softmax, instead of adding the bias and then masking with `where` (on CPU each extra pass over the
+    scores costs about as much as the attention matmuls at d_model 64). Kept as two broadcast tensors, not
+    one [batch, heads, q, k] tensor: as fast on CPU, and heads-times smaller in memory.
 
     Args:
       mask: <bool>[batch, 1, q, k] True where a query may attend to a key.
@@ -111,9 +112,10 @@ def attention_bias(mask: Array, position_bias: Optional[Array] = None) -> Tuple[
 def softmax_last_axis(logits: Array) -> Array:
     """`jax.nn.softmax(logits, axis=-1)` with the textbook backward `y * (g - sum(g * y))`.
 
-    Same values. Differentiating jax.nn.softmax makes XLA's CPU backend recompute and re-read the
-    [batch, heads, q, k] scores several times; saving y and using this formula is about 1.2-1.6x faster
-    for the whole attention layer at the mini shapes (encoder self-attention is most of a d_model-64 step).
+    Same values. Differentiating jax.nn.softmax makes XLA's CPU backend re-read the [batch, heads, q, k]
+    scores more often; saving y and using this formula made an attention layer's forward+backward about
+    1.1x faster at the mini shapes, on top of attention_bias (both together: about 1.6x for the layer,
+    1.19x for a d_model-64 training step).
     """
     return _softmax_forward(logits)[0]
 
