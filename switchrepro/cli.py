@@ -529,7 +529,11 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
                  *(["--tfds-data-dir", tfds_data_dir] if tfds_data_dir else [])]
         run_workers(child, workers)
     else:
-        runner.execute(runs, train_one, echo=click.echo, logs_dir=results_dir / scale / "logs")
+        from switchrepro.experiments import claims
+
+        control = [row for c in claims.TABLE_CLAIMS.get(table, []) if c.control for row in c.rows]
+        runner.execute(runner.training_order(runs, control), train_one, echo=click.echo,
+                       logs_dir=results_dir / scale / "logs")
         if os.environ.get("SWITCHREPRO_WORKER"):
             return  # the parent of --workers collects the table once every worker is done
     # The saved table holds every finished run of this table (all rows and seeds, not only the ones this

@@ -253,3 +253,17 @@ def test_workers_refuse_what_they_cannot_do(dirs, tmp_path):
     out = CliRunner().invoke(main, [*base, "--workers", "2", "--mesh", "data=1,expert=1"])
     assert out.exit_code != 0 and "cannot be combined with --mesh" in out.output
     assert not (tmp_path / "x").exists()  # nothing trained
+
+
+def test_training_order_puts_the_positive_control_first_then_goes_seed_by_seed(tmp_path):
+    from switchrepro.experiments import claims
+
+    runs = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path, seeds=3,
+                       rows=["T5-Base", "Switch 2e", "Switch 4e", "T5-Large"])
+    control = [row for c in claims.TABLE_CLAIMS["scaling"] if c.control for row in c.rows]
+    assert sorted(control) == ["T5-Base", "T5-Large"]
+    order = [(r.row.name, r.seed) for r in runner.training_order(runs, control)]
+    assert order == [("T5-Base", 0), ("T5-Base", 1), ("T5-Base", 2), ("T5-Large", 0), ("T5-Large", 1),
+                     ("T5-Large", 2), ("Switch 2e", 0), ("Switch 4e", 0), ("Switch 2e", 1), ("Switch 4e", 1),
+                     ("Switch 2e", 2), ("Switch 4e", 2)]
+    assert sorted(map(id, runner.training_order(runs))) == sorted(map(id, runs))  # a permutation, nothing lost

@@ -87,6 +87,15 @@ def plan(spec: TableSpec, scale: str, build: ConfigBuilder, runs_dir: Path, seed
     return out
 
 
+def training_order(runs: Sequence[PlannedRun], first_rows: Sequence[str] = ()) -> List[PlannedRun]:
+    """The order to train `runs` in: every seed of `first_rows` (a table's positive control) first, since
+    no other verdict counts until it passes; then the other rows seed by seed (every row's seed 0, then
+    every row's seed 1, ...), so a table stopped part-way already has each row's first seeds."""
+    first = [r for r in runs if r.row.name in first_rows]
+    rest = sorted((r for r in runs if r.row.name not in first_rows), key=lambda r: r.seed)  # stable: row order kept
+    return first + rest
+
+
 def run_status(run: PlannedRun) -> str:
     """'done', 'diverged', 'partial' (has checkpoints or metrics) or 'new'."""
     log = run.run_dir / "metrics.jsonl"
