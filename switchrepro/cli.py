@@ -450,6 +450,9 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
 @click.option("--seeds", type=int, default=None, help="Seeds per row (default: the table's, per scale).")
 @click.option("--rows", default=None, help="Comma-separated row names to run (default: all).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (rows, params, FLOPs, steps, estimated time) only.")
+@click.option("--collect-only", is_flag=True,
+              help="Train nothing: collect the runs finished so far (here, or committed under results/) into the "
+                   "table, its verdicts and its logs, e.g. while the table is still training in another process.")
 @click.option("--gin", "bindings", multiple=True, metavar="NAME=VALUE", help="Extra binding for every row.")
 @click.option("--tfds-data-dir", default=None, help="TFDS directory with c4/en:3.1.0 (paper scale).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
@@ -461,8 +464,8 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
                    "2 workers train about a fifth more examples per second than one 2-thread process). The runs are "
                    "shared through their directory locks; the table is collected when all have finished.")
 @_parallel_options
-def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
-        distributed, coordinator, num_processes, process_id):
+def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_dir, results_dir, runs_dir, workers,
+        mesh_text, distributed, coordinator, num_processes, process_id):
     """Reproduce a paper TABLE (table1, table2, table3, table11, scaling): train its rows x seeds, collect
     the metrics, print them beside the paper's and judge each claim. Stopping and rerunning is safe:
     finished runs are reused, interrupted ones resume."""
@@ -505,6 +508,37 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
                    f"from FLOPs at {plan.attrs['gflops']:.1f} forward GFLOP/s, {basis}; "
                    f"`switchrepro bench table` times one step per row)")
         return
+    t0 = _time.time()
+    if collect_only:
+        ensure_writable(results_dir, "--results-dir")
+        for r in runs:  # finished twins are copied, as a training run would; nothing else is touched
+            if runner.run_status(r) == "new" and (twin := runner.finished_twin(r, results_dir / scale / "logs")):
+                runner.reuse(r, twin)
+    else:
+        _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
+                     distributed, coordinator, num_processes, process_id, runs)
+        if workers == 1 and os.environ.get("SWITCHREPRO_WORKER"):
+            return  # the parent of --workers collects the table once every worker is done
+    # The saved table holds every finished run of this table (all rows and seeds, not only the ones this
+    # invocation trained), so `--rows` processes, run one after another or side by side, add up.
+    everything = runs if rows is None and seeds is None else runner.plan(
+        spec, scale, build, runs_dir, seeds=max(seeds or 0, spec.seeds[scale]),
+        rows=list(dict.fromkeys([*(r.name for r in spec.default_rows(scale)), *(row_names or [])])))
+    results, curves, loads = runner.collect(spec, scale, everything)
+    meta = {"command": shlex.join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
+            "seeds": int(results["seed"].nunique()) if len(results) else 0,
+            "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
+            "this_invocation_seconds": round(_time.time() - t0, 1),
+            "train_seconds_total": float(results["wall_seconds"].sum()) if len(results) else 0.0}
+    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
+    click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
+    _print_table(spec, scale, results, curves)
+
+
+def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
+                 distributed, coordinator, num_processes, process_id, runs) -> None:
+    """`run`'s training: the planned runs in this process, or in `workers` one-core child processes."""
+    from switchrepro.experiments import claims, runner
     from switchrepro.train import trainer
 
     mesh = None if workers > 1 else setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
@@ -521,7 +555,6 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
             trainer.train(r.config, r.run_dir, train_cache=train_cache, eval_cache=eval_cache,
                           echo=lambda m: click.echo("  " + m), stop_after=_stop_after(), mesh=mesh)
 
-    t0 = _time.time()
     if workers > 1:
         child = ["run", table, "--scale", scale, "--results-dir", str(results_dir), "--runs-dir", str(runs_dir),
                  *(["--seeds", str(seeds)] if seeds is not None else []), *(["--rows", rows] if rows else []),
@@ -529,27 +562,9 @@ def run(table, scale, seeds, rows, dry_run, bindings, tfds_data_dir, results_dir
                  *(["--tfds-data-dir", tfds_data_dir] if tfds_data_dir else [])]
         run_workers(child, workers)
     else:
-        from switchrepro.experiments import claims
-
         control = [row for c in claims.TABLE_CLAIMS.get(table, []) if c.control for row in c.rows]
         runner.execute(runner.training_order(runs, control), train_one, echo=click.echo,
                        logs_dir=results_dir / scale / "logs")
-        if os.environ.get("SWITCHREPRO_WORKER"):
-            return  # the parent of --workers collects the table once every worker is done
-    # The saved table holds every finished run of this table (all rows and seeds, not only the ones this
-    # invocation trained), so `--rows` processes, run one after another or side by side, add up.
-    everything = runs if rows is None and seeds is None else runner.plan(
-        spec, scale, build, runs_dir, seeds=max(seeds or 0, spec.seeds[scale]),
-        rows=list(dict.fromkeys([*(r.name for r in spec.default_rows(scale)), *(row_names or [])])))
-    results, curves, loads = runner.collect(spec, scale, everything)
-    meta = {"command": shlex.join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
-            "seeds": int(results["seed"].nunique()) if len(results) else 0,
-            "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
-            "this_invocation_seconds": round(_time.time() - t0, 1),
-            "train_seconds_total": float(results["wall_seconds"].sum()) if len(results) else 0.0}
-    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
-    click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
-    _print_table(spec, scale, results, curves)
 
 
 def _row_names(rows: Optional[str]) -> Optional[List[str]]:
@@ -823,6 +838,68 @@ def bench_table(table, scale, rows, steps, output, bindings):
     text = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps, echo=click.echo)
     if output:
         output.write_text(f"`{shlex.join(['switchrepro'] + sys.argv[1:])}`\n\n{where}\n\n{text}")
+
+
+def _switch_expert_counts(ctx, param, value: str) -> List[int]:
+    if value.strip().lower() in ("", "none"):
+        return []
+    return _expert_counts(ctx, param, value)
+
+
+@bench.command("peer")
+@click.option("--experts", "counts", default="32,128", show_default=True, callback=_switch_expert_counts,
+              help="Comma-separated Switch expert counts, timed after the dense T5 ('none': dense only).")
+@click.option("--steps", default=10, type=click.IntRange(1), show_default=True,
+              help="Timed training steps per tool per round (a round's rate uses their median).")
+@click.option("--warmup", default=3, type=click.IntRange(0), show_default=True,
+              help="Untimed steps before each round's timed steps.")
+@click.option("--rounds", default=3, type=click.IntRange(1), show_default=True,
+              help="Rounds per model, alternating the tools (the table reports the median round).")
+@click.option("--batch-size", default=32, type=click.IntRange(1), show_default=True)
+@click.option("--inputs-length", default=128, type=click.IntRange(2), show_default=True)
+@click.option("--targets-length", default=32, type=click.IntRange(2), show_default=True)
+@click.option("--d-model", default=256, type=click.IntRange(1), show_default=True)
+@click.option("--d-ff", default=1024, type=click.IntRange(1), show_default=True)
+@click.option("--d-kv", default=64, type=click.IntRange(1), show_default=True)
+@click.option("--num-heads", default=4, type=click.IntRange(1), show_default=True)
+@click.option("--num-layers", default=4, type=click.IntRange(1), show_default=True, help="Layers per stack.")
+@click.option("--vocab-size", default=32128, type=click.IntRange(8), show_default=True)
+@click.option("--capacity-factor", default=1.25, type=click.FloatRange(min=0, min_open=True), show_default=True)
+@click.option("--group-size", default=1024, type=click.IntRange(1), show_default=True,
+              help="switchrepro's routing group (tokens); HF routes each sequence as a group.")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="Cores, and threads, for each tool (default: every usable core).")
+@click.option("--hf-optimizer", type=click.Choice(["transformers", "torch"]), default="transformers",
+              show_default=True, help="transformers.optimization.Adafactor or torch.optim.Adafactor.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as markdown here.")
+def bench_peer(counts, steps, warmup, rounds, batch_size, inputs_length, targets_length, d_model, d_ff, d_kv,
+               num_heads, num_layers, vocab_size, capacity_factor, group_size, threads, hf_optimizer, output):
+    """Training examples/sec of switchrepro vs Hugging Face transformers (PyTorch) on the same T5 dense and Switch
+    models, alternating the tools in one sitting (each in its own worker process). Needs torch and transformers:
+    install the `peer` extra into a separate environment (see pyproject.toml)."""
+    from switchrepro import bench_peer as P
+
+    missing = P.missing_peer_packages()
+    if missing:
+        raise UserError(P.missing_message(missing))
+    if output is not None:
+        ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
+    spec = P.PeerSpec(vocab_size=vocab_size, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_heads=num_heads,
+                      num_layers=num_layers, batch_size=batch_size, inputs_length=inputs_length,
+                      targets_length=targets_length, capacity_factor=capacity_factor, group_size=group_size,
+                      hf_optimizer=hf_optimizer)
+    try:
+        text = P.run_peer_bench(spec, counts, steps=steps, warmup=warmup, rounds=rounds, threads=threads,
+                                echo=click.echo)
+    except C.ConfigError as e:
+        raise UserError(str(e)) from e
+    except P.PeerError as e:
+        if e.detail:
+            click.echo(e.detail, err=True)
+        raise UserError(str(e)) from e
+    if output:
+        output.write_text(f"`{shlex.join(['switchrepro'] + sys.argv[1:])}`\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,24 @@ def test_run_collect_plot_report(dirs):
     assert "| probe-a | T5-Large beats T5-Base | 0, 1 |" in text and "### Calibration probe-a" in text
 
 
+def test_collect_only_trains_nothing_and_collects_what_has_finished(tmp_path, cache_root):
+    d = {"results": tmp_path / "results", "runs": tmp_path / "runs", "cache": cache_root}
+    _run(d, "scaling", "--rows", "T5-Base")
+    _run(d, "scaling", "--rows", "Switch 2e", env={"SWITCHREPRO_STOP_AFTER": "3"})  # interrupted: not finished
+    shutil.rmtree(next((d["runs"] / "smoke" / "scaling").glob("T5_Base*")))  # as on a fresh clone
+    (d["results"] / "smoke" / "scaling.csv").unlink()
+    out = _run(d, "scaling", "--rows", "T5-Base,Switch 2e,Switch 4e", "--collect-only")
+    assert "training in" not in out and "resuming" not in out
+    assert "(1 of " in out  # T5-Base, copied back from its committed log; Switch 2e is still partial
+    df = pd.read_csv(d["results"] / "smoke" / "scaling.csv")
+    assert list(df["row"]) == ["T5-Base"] and (df["final_step"] == 4).all()
+    scaling_runs = d["runs"] / "smoke" / "scaling"
+    assert (next(scaling_runs.glob("T5_Base*")) / "reused_from.txt").exists()
+    assert not list(scaling_runs.glob("Switch_4e*"))  # nothing created for a run that never started
+    partial = next(scaling_runs.glob("Switch_2e*")) / "metrics.jsonl"
+    assert '"done"' not in partial.read_text()
+
+
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):
     # Killed after step 3 of 4 (checkpoints every 2 steps), then rerun.
     first = _run(dirs, "table11", "--rows", "argmax", env={"SWITCHREPRO_STOP_AFTER": "3"})
