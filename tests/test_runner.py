@@ -46,10 +46,12 @@ def test_table1_rows_configure_what_they_say():
     assert runs["Switch-Base cf1.0"].model.moe.router == "switch"
     assert runs["Switch-Base cf1.0"].model.moe.capacity_factor_train == 1.0
     assert runs["Switch-Base+ cf1.0"].model.d_model > runs["Switch-Base cf1.0"].model.d_model
-    # mini: the positive control is the 8x wider FFN, on byte-level span corruption with a 384-id vocabulary
+    # mini: the positive control is the 8x wider FFN at d_model 64, on ByT5's span-20 byte-level span corruption
+    # with a 384-id vocabulary, batch 64, 3000 steps cooled down over the last 500
     assert (runs["T5-Base"].model.d_ff, runs["T5-Large"].model.d_ff) == (128, 1024)
-    assert runs["Switch-Base cf1.0"].model.d_ff == 128 and runs["T5-Large"].model.d_model == 128
-    assert {(c.data.task, c.model.vocab_size) for c in runs.values()} == {("switchrepro_byte_span_corruption", 384)}
+    assert runs["Switch-Base cf1.0"].model.d_ff == 128 and runs["T5-Large"].model.d_model == 64
+    assert {(c.data.task, c.model.vocab_size) for c in runs.values()} == {("switchrepro_byte_span20_corruption", 384)}
+    assert {(c.data.batch_size, c.train.steps, c.train.cooldown_steps) for c in runs.values()} == {(64, 3000, 500)}
     paper = {r.row.name: r.config for r in runner.plan(spec, "paper", parse_config, __import__("pathlib").Path("x"))}
     assert paper["T5-Large"].model.d_model > paper["T5-Base"].model.d_model
     assert {c.model.vocab_size for c in paper.values()} == {8192}
