@@ -512,8 +512,7 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
     if collect_only:
         ensure_writable(results_dir, "--results-dir")
         for r in runs:  # finished twins are copied, as a training run would; nothing else is touched
-            if runner.run_status(r) == "new" and (twin := runner.finished_twin(r, results_dir / scale / "logs")):
-                runner.reuse(r, twin)
+            runner.reuse_finished_twin(r, results_dir / scale / "logs")
     else:
         _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
                      distributed, coordinator, num_processes, process_id, runs)
@@ -562,8 +561,7 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
                  *(["--tfds-data-dir", tfds_data_dir] if tfds_data_dir else [])]
         run_workers(child, workers)
     else:
-        control = [row for c in claims.TABLE_CLAIMS.get(table, []) if c.control for row in c.rows]
-        runner.execute(runner.training_order(runs, control), train_one, echo=click.echo,
+        runner.execute(runner.training_order(runs, claims.control_rows(table)), train_one, echo=click.echo,
                        logs_dir=results_dir / scale / "logs")
 
 
@@ -707,7 +705,9 @@ def report(scale, results_dir):
         for table in ("scaling", "table1"):
             saved = runner.load_saved(regime, scale, table)
             if saved is not None:
-                calibration.append(R.Calibration(regime.name, table, saved[0], saved[1], saved[3]))
+                commands = regime / "command.txt"
+                calibration.append(R.Calibration(regime.name, table, saved[0], saved[1], saved[3],
+                                                 commands.read_text() if commands.is_file() else None))
     preface = results_dir / scale / "notes" / "_preface.md"
     path = R.write_report(scale, tables, results_dir / scale / "REPORT.md",
                           preface=preface.read_text() if preface.exists() else None, calibration=calibration)

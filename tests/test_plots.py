@@ -145,7 +145,8 @@ def test_report_sets_calibration_regimes_side_by_side(tmp_path):
     clear = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.85})  # std 0.0071 per row, margin 0.15
     noisy = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.995})  # margin 0.005 < 2 x 0.0071
     regimes = [R.Calibration("wide-lead", "scaling", *clear, {"command": "switchrepro run scaling --gin X=1"}),
-               R.Calibration("no-lead", "scaling", *noisy, {})]
+               R.Calibration("no-lead", "scaling", *noisy, {"command": "switchrepro run scaling --gin X=2"},
+                             "# two invocations\nswitchrepro run scaling --gin X=2 --seeds 1\n")]
     res, cur = frames("scaling", SCALING_ROWS)
     tables = {"scaling": (res, cur, None, C.evaluate_claims("scaling", res, cur), [], {})}
     text = R.write_report("smoke", tables, tmp_path / "REPORT.md", calibration=regimes).read_text()
@@ -156,4 +157,8 @@ def test_report_sets_calibration_regimes_side_by_side(tmp_path):
     assert "| 0.0050 | 0.0141 | **inconclusive** |" in rows["no-lead"]
     assert "| 2, 2 | 30 | — | 0.1 | -1.8450 ± 0.0071 | -1.9950 ± 0.0071 |" in rows["wide-lead"]  # seeds 0, 1: +0.01
     assert "- Command: `switchrepro run scaling --gin X=1`" in section and "### Calibration no-lead" in section
+    # a regime's command.txt, when it has one, is quoted whole instead of the last invocation's command
+    no_lead = section[section.index("### Calibration no-lead"):]
+    assert "```\n# two invocations\nswitchrepro run scaling --gin X=2 --seeds 1\n```" in no_lead
+    assert "--gin X=2`" not in no_lead
     assert R.calibration_markdown([]) == []

@@ -126,6 +126,13 @@ def test_a_run_finished_in_the_committed_logs_is_reused_on_a_fresh_clone(tmp_pat
     other = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path / "runs", seeds=2, rows=["T5-Base"])[1]
     runner.execute([other], trained.append, echo=lambda m: None, logs_dir=logs)
     assert trained == [other]  # another seed's log is not this run
+    # a run that has started is resumed, never overwritten by its twin
+    shutil.rmtree(run.run_dir)
+    (run.run_dir / "checkpoints").mkdir(parents=True)
+    assert runner.run_status(run) == "partial" and runner.reuse_finished_twin(run, logs) is None
+    assert sorted(p.name for p in run.run_dir.iterdir()) == ["checkpoints"]
+    shutil.rmtree(run.run_dir)
+    assert runner.reuse_finished_twin(run, logs) == committed and runner.run_status(run) == "done"
 
 
 def test_run_collect_plot_report(dirs):
@@ -280,8 +287,8 @@ def test_training_order_puts_the_positive_control_first_then_goes_seed_by_seed(t
 
     runs = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path, seeds=3,
                        rows=["T5-Base", "Switch 2e", "Switch 4e", "T5-Large"])
-    control = [row for c in claims.TABLE_CLAIMS["scaling"] if c.control for row in c.rows]
-    assert sorted(control) == ["T5-Base", "T5-Large"]
+    control = claims.control_rows("scaling")
+    assert control == ["T5-Large", "T5-Base"] and claims.control_rows("table2") == []
     order = [(r.row.name, r.seed) for r in runner.training_order(runs, control)]
     assert order == [("T5-Base", 0), ("T5-Base", 1), ("T5-Base", 2), ("T5-Large", 0), ("T5-Large", 1),
                      ("T5-Large", 2), ("Switch 2e", 0), ("Switch 4e", 0), ("Switch 2e", 1), ("Switch 4e", 1),

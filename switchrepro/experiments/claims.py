@@ -657,6 +657,16 @@ def table_summary(table: str, results: pd.DataFrame, curves: Optional[pd.DataFra
     return summarize(results, curves, threshold)
 
 
+def control_claims(table: str) -> list[Claim]:
+    """The table's positive controls (claims with control=True), in TABLE_CLAIMS order."""
+    return [c for c in TABLE_CLAIMS.get(table, []) if c.control]
+
+
+def control_rows(table: str) -> list[str]:
+    """The rows the table's positive controls need, in claim order, each once."""
+    return list(dict.fromkeys(row for c in control_claims(table) for row in c.rows))
+
+
 def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
                     threshold: Optional[float] = None, claims: Optional[Sequence[Claim]] = None) -> list[Verdict]:
     """A verdict for each claim of `table` (TABLE_CLAIMS, or `claims`), from that table's runs."""

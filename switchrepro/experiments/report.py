@@ -289,7 +289,7 @@ def _why(v: C.Verdict) -> str:
 
 def _two_row_control(table: str) -> Optional[C.Claim]:
     """The table's positive control of the form "A beats B", if it has one."""
-    return next((c for c in C.TABLE_CLAIMS.get(table, []) if c.control and len(c.rows) == 2), None)
+    return next((c for c in C.control_claims(table) if len(c.rows) == 2), None)
 
 
 def _control_by_step(table: str, curves: Optional[pd.DataFrame]) -> list:
@@ -315,6 +315,7 @@ class Calibration(NamedTuple):
     results: pd.DataFrame
     curves: Optional[pd.DataFrame]
     meta: Mapping[str, object]
+    command_file: Optional[str] = None  # calibration/<name>/command.txt: every command that made the regime
 
 
 def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
@@ -345,8 +346,11 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
                      f"{epochs} | {cell[a]} | {cell[b]} | {C.num(verdict.margin)} | {C.num(2 * verdict.spread)} | "
                      f"**{verdict.status}** |")
         table = C.margin_by_step(r.curves, a, b) if r.curves is not None and not r.curves.empty else pd.DataFrame()
-        by_step += [f"### Calibration {r.name}", "",
-                    f"- Command: `{r.meta['command']}`" if r.meta.get("command") else "- Command: " + DASH]
+        by_step += [f"### Calibration {r.name}", ""]
+        if r.command_file:  # the full record (several invocations, notes) beats the last invocation's meta
+            by_step += [f"- Commands (`calibration/{r.name}/command.txt`):", "", "```", r.command_file.strip(), "```", ""]
+        else:
+            by_step += [f"- Command: `{r.meta['command']}`" if r.meta.get("command") else "- Command: " + DASH]
         hosts = _hosts(r.results)
         by_step += [f"- CPU and threads: {'; '.join(map(str, hosts)) if hosts else DASH}", ""]
         if not table.empty:

@@ -133,6 +133,15 @@ def reuse(run: PlannedRun, twin: Path) -> None:
     (run.run_dir / "reused_from.txt").write_text(f"{twin}\n")
 
 
+def reuse_finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[Path]:
+    """For a run not yet started: copy its finished twin (see finished_twin) into run.run_dir and return
+    the twin's path; None, touching nothing, if the run has started or has no finished twin."""
+    twin = finished_twin(run, logs_dir) if run_status(run) == "new" else None
+    if twin is not None:
+        reuse(run, twin)
+    return twin
+
+
 def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             echo: Callable[[str], None] = print, logs_dir: Optional[Path] = None) -> Dict[str, float]:
     """Trains every run that is not finished; returns wall seconds spent per run key. A new run whose
@@ -176,9 +185,8 @@ def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], N
     if status in ("done", "diverged"):
         echo(f"{label}: {status}{' by the other process' if by_other else ''}, not recomputed")
         return
-    twin = finished_twin(run, logs_dir) if status == "new" else None
+    twin = reuse_finished_twin(run, logs_dir)
     if twin is not None:
-        reuse(run, twin)
         echo(f"{label}: identical to the finished {twin}, reused")
         return
     echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
