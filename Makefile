@@ -17,8 +17,10 @@ install:
 	$(BIN)/python -m pip check
 	$(BIN)/python -m switchrepro.data.verify
 
+# Tests run in one pytest-xdist process per core (up to 2, as WORKERS below): most tests compile and run
+# tiny programs on one thread, so two processes halve the wall time on 2 cores.
 test:
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(WORKERS) tests
 
 lint:
 	$(BIN)/ruff check switchrepro tests tools
