@@ -2,7 +2,8 @@
 
 Layer table: forward+backward (grad wrt input and params) of one FFN layer on
 `tokens` tokens, for the FLOP-matched dense FFN and Switch layers with E experts
-at capacity factors 1.0 and 1.25, for both dispatch backends. Per-token FLOPs
+at capacity factors 1.0 and 1.25, for both buffer dispatch backends, and the dropless backend with
+each grouped matmul (no capacity factor). Per-token FLOPs
 are the same for all rows (plus the router), so a flat row means the layer's
 cost does not grow with the number of experts.
 
@@ -111,6 +112,14 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
                 ms = 1e3 * layer_time(layer, x, repeats)
                 by_key[(backend, cf, e)] = ms
                 out(f"| switch | {e} | {cf} | {backend} | {ms:.1f} | {ms / dense_ms:.2f} |")
+    for impl in ("blocks", "ragged_dot"):  # no capacity: every token computed once, none dropped or padded
+        for e in expert_counts:
+            moe = MoeConfig(num_experts=e, dispatch="dropless", grouped_matmul=impl, group_size=group_size)
+            layer = MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1,
+                                   dtype=jnp.float32)
+            ms = 1e3 * layer_time(layer, x, repeats)
+            by_key[(f"dropless/{impl}", "-", e)] = ms
+            out(f"| switch | {e} | - | dropless/{impl} | {ms:.1f} | {ms / dense_ms:.2f} |")
     out()
     goals = []
     if 8 in expert_counts and 128 in expert_counts:
@@ -119,6 +128,10 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
                 r = by_key[(backend, cf, 128)] / by_key[(backend, cf, 8)]
                 goals.append(f"- {backend}, cf {cf}: 128 experts / 8 experts = {r:.2f}x "
                              f"({'meets' if r <= 1.15 else 'misses'} the <= 1.15x goal)")
+        for impl in ("blocks", "ragged_dot"):
+            r = by_key[(f"dropless/{impl}", "-", 128)] / by_key[(f"dropless/{impl}", "-", 8)]
+            goals.append(f"- dropless/{impl}: 128 experts / 8 experts = {r:.2f}x "
+                         f"({'meets' if r <= 1.15 else 'misses'} the <= 1.15x goal)")
     if 8 in expert_counts and 128 in expert_counts:
         # Why 128 experts cost more on one CPU: each step streams every expert's weights (and writes
         # their gradients) whatever the token count, so the gap shrinks as tokens per step grow.

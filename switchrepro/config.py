@@ -12,7 +12,8 @@ import dataclasses
 from typing import Optional, Tuple
 
 ROUTERS = ("switch", "top2", "noisy_topk")
-DISPATCHES = ("scatter", "einsum")
+DISPATCHES = ("scatter", "einsum", "dropless")
+GROUPED_MATMULS = ("auto", "ragged_dot", "blocks")
 ROUNDINGS = ("round", "floor", "ceil")
 EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
 DTYPES = ("float32", "bfloat16")
@@ -57,7 +58,8 @@ class MoeConfig:
     exploration: str = "input_jitter"  # Table 11: input_jitter | argmax | sample_softmax | input_dropout
     input_dropout_rate: float = 0.1  # only for exploration="input_dropout"
     router_dtype: str = "float32"  # selective precision: float32 router in a bfloat16 model
-    dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle)
+    dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle) | dropless (no capacity)
+    grouped_matmul: str = "auto"  # dropless only: ragged_dot | blocks | auto (blocks on CPU, else ragged_dot)
     second_expert_threshold: float = 0.2  # top2: 2nd expert kept w.p. min(1, g2/threshold) in training
     noisy_top_k: int = 2  # noisy_topk: experts per token
     importance_loss_coef: float = 0.1  # noisy_topk: w_importance * CV(importance)^2
@@ -69,6 +71,8 @@ class MoeConfig:
         _check(self.num_experts >= 1, f"num_experts must be a positive integer, got {self.num_experts}")
         _check(self.router in ROUTERS, f"router must be one of {ROUTERS}, got {self.router!r}")
         _check(self.dispatch in DISPATCHES, f"dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
+        _check(self.grouped_matmul in GROUPED_MATMULS,
+               f"grouped_matmul must be one of {GROUPED_MATMULS}, got {self.grouped_matmul!r}")
         _check(self.capacity_rounding in ROUNDINGS,
                f"capacity_rounding must be one of {ROUNDINGS}, got {self.capacity_rounding!r}")
         _check(self.exploration in EXPLORATIONS,

@@ -190,7 +190,8 @@ def test_sparse_layer_placement():
 
 
 @pytest.mark.parametrize("field,value", [("capacity_factor_train", 0.0), ("capacity_factor_eval", -1.0),
-                                         ("num_experts", 0), ("router", "top3"), ("dispatch", "magic")])
+                                         ("num_experts", 0), ("router", "top3"), ("dispatch", "magic"),
+                                         ("grouped_matmul", "megablox")])
 def test_bad_moe_values_are_config_errors(field, value):
     with pytest.raises(ConfigError, match=field.split("_")[0]):
         MoeConfig(**{field: value}).validate()

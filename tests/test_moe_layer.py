@@ -113,6 +113,46 @@ def test_layer_matches_loop_reference(router, train, masked, activation, monkeyp
         assert np.all(np.asarray(results["scatter"][0])[~np.asarray(mask)] == 0.0)
 
 
+@pytest.mark.parametrize("masked,activation", [(False, "relu"), (True, "geglu")], ids=["dense-relu", "padded-geglu"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("router", ["switch", "top2", "noisy_topk"])
+def test_dropless_matches_loop_reference_with_unlimited_capacity(router, train, masked, activation, monkeypatch):
+    """dropless (both grouped matmuls) = the loop reference with room for every token: outputs, losses,
+    metrics (nothing dropped but top-2's coin and padding) and gradients; capacity factors are ignored."""
+    cfg = _cfg(router, dispatch="dropless")  # capacity factor 1.0 would drop tokens in the other backends
+    _, params, x, mask = _setup(cfg, activation, masked)
+    cot = jnp.asarray(np.random.default_rng(7).standard_normal(x.shape), jnp.float32)
+    rngs = {"jitter": jax.random.PRNGKey(3)} if train else None
+    seen = _spy_route(monkeypatch)
+    results = []
+    for impl in ("ragged_dot", "blocks"):
+        layer = MoeFeedForward(dataclasses.replace(cfg, grouped_matmul=impl), d_model=M, d_ff=F,
+                               activation=activation)
+
+        def objective(p, x, layer=layer):
+            y, metrics = layer.apply({"params": p}, x, mask, deterministic=not train, rngs=rngs)
+            return jnp.sum(y * cot) + metrics.total_aux_loss, (y, metrics)
+
+        results.append(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, x))
+    assert results[0][0][1][1].expert_capacity == GROUP
+    assignments = ref.decide(cfg, params, x, mask, GROUP, GROUP, seen[0])
+    assert all(a.kept for a in assignments) or router == "top2"  # only top-2's second-expert coin drops
+
+    def ref_objective(p, x):
+        y, losses = ref.forward(cfg, p, x, mask, assignments, GROUP, activation, seen[0])
+        return jnp.sum(y * cot) + losses["total_aux_loss"], (y, losses)
+
+    (_, (y_ref, losses)), grads_ref = jax.value_and_grad(ref_objective, argnums=(0, 1), has_aux=True)(params, x)
+    for (_, (y, metrics)), grads in results:
+        _close(y, y_ref)
+        for name, value in losses.items():
+            _close(getattr(metrics, name), value)
+        _close(metrics.fraction_dropped, sum(not a.kept for a in assignments) / len(assignments))
+        _close(grads, grads_ref, rtol=1e-4, atol=1e-5)
+    if mask is not None:
+        assert np.all(np.asarray(results[1][0][1][0])[~np.asarray(mask)] == 0.0)
+
+
 @pytest.mark.parametrize("exploration", ["input_dropout", "sample_softmax", "argmax"])
 def test_switch_explorations_match_reference(exploration, monkeypatch):
     cfg = _cfg("switch", exploration=exploration, input_dropout_rate=0.3)

@@ -101,6 +101,14 @@ def test_expert_parallel_top2_equals_one_device(cheap_compiles):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
 
 
+def test_dropless_on_a_mesh_says_what_to_change(cheap_compiles):
+    cfg = dataclasses.replace(MESH_MOE, dispatch="dropless")
+    x = jnp.zeros((8, 16, 32))
+    params = MoeFeedForward(cfg, 32, 64).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
+    with pytest.raises(ValueError, match="dropless backend runs on one device.*dispatch = 'scatter'"):
+        MoeFeedForward(cfg, 32, 64, mesh=_mesh(2, 4)).apply(params, x, deterministic=True)
+
+
 def test_all_to_all_bytes_from_shapes():
     # 1024 tokens over 8 devices = 128 local tokens, 1 group of 128; E=8, C=16, M=32, float32.
     # Buffer 8*1*16*32*4 = 16384 bytes; 3/4 of it leaves a device on expert=4, out and back.

@@ -197,6 +197,12 @@ def _scale_by_expert(h):
     return h * (1.0 + jnp.arange(h.shape[0], dtype=h.dtype))[:, None, None]
 
 
+def _scale_by_expert_ragged(rows, sizes):
+    """ragged_expert_fn: the same, for rows sorted by expert."""
+    expert = jnp.repeat(jnp.arange(sizes.shape[0]), sizes, total_repeat_length=rows.shape[0])
+    return rows * (1.0 + expert.astype(rows.dtype))[:, None]
+
+
 CAPACITIES = (0, 1, 2, 4)
 
 
@@ -209,8 +215,9 @@ def _dispatch_all(x, logits, router):
             r = routing.switch_route(logits, capacity)
         else:
             r = routing.top2_route(logits, capacity)
-        for backend in ("einsum", "scatter"):
-            out[capacity, backend] = (r, dispatch.run_experts(backend, x, r, capacity, _scale_by_expert))
+        for backend in ("einsum", "scatter", "dropless"):  # dropless computes all, weights dropped ones 0
+            out[capacity, backend] = (r, dispatch.run_experts(backend, x, r, capacity, _scale_by_expert,
+                                                              _scale_by_expert_ragged))
     return out
 
 
@@ -234,3 +241,5 @@ def test_unknown_backend_message():
     r = top2_route(_logits(TOP2_LOGITS), capacity=2)
     with pytest.raises(ValueError, match="dispatch must be one of"):
         dispatch.run_experts("sort", jnp.zeros((1, 4, 3)), r, 2, _scale_by_expert)
+    with pytest.raises(ValueError, match="dropless backend needs ragged_expert_fn"):
+        dispatch.run_experts("dropless", jnp.zeros((1, 4, 3)), r, 2, _scale_by_expert)

@@ -348,7 +348,8 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
         table = C.margin_by_step(r.curves, a, b) if r.curves is not None and not r.curves.empty else pd.DataFrame()
         by_step += [f"### Calibration {r.name}", ""]
         if r.command_file:  # the full record (several invocations, notes) beats the last invocation's meta
-            by_step += [f"- Commands (`calibration/{r.name}/command.txt`):", "", "```", r.command_file.strip(), "```", ""]
+            by_step += [f"- Commands (`calibration/{r.name}/command.txt`):", "", "```", r.command_file.strip(),
+                        "```", ""]
         else:
             by_step += [f"- Command: `{r.meta['command']}`" if r.meta.get("command") else "- Command: " + DASH]
         hosts = _hosts(r.results)

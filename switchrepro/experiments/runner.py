@@ -52,7 +52,7 @@ class PlannedRun:
     run_dir: Path
 
 
-_ADDED_LATER = (("train", "cooldown_steps", 0),)
+_ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -61,8 +61,11 @@ def config_hash(cfg: ExperimentConfig) -> str:
     d["train"].pop("progress", None)
     # Options added after runs were committed are hashed only when set, so old runs keep their keys.
     for section, name, neutral in _ADDED_LATER:
-        if d[section].get(name) == neutral:
-            d[section].pop(name)
+        part = d
+        for key in section.split("."):
+            part = part.get(key) or {}  # model.moe is None in a dense model
+        if part.get(name) == neutral:
+            part.pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

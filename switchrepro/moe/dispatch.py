@@ -1,6 +1,6 @@
 """Dispatch backends: send tokens to expert buffers, run the experts, combine the outputs.
 
-Both backends take the same arguments and give the same outputs and gradients:
+The buffer backends take the same arguments and give the same outputs and gradients:
 
   x:        <dtype>[G, S, M] grouped activations.
   routing:  a `routing.Routing` (expert_index, position, gate, kept: [G, S, K]).
@@ -14,6 +14,10 @@ kept assignment. Routing math is float32; gates are cast to the activation dtype
   with S^2; kept as the faithful oracle.
 * `scatter` (default): write each kept token straight into a static [E, G, C, M] buffer and gather the
   outputs back. Same static shapes (jit / all_to_all friendly), O(S) data movement.
+* `dropless`: no buffers and no capacity. Every assignment, sorted by expert, goes through a grouped matmul
+  (switchrepro.moe.grouped); it takes `ragged_expert_fn` instead of `expert_fn`:
+  <dtype>[A, M] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, M]. The layer routes with
+  capacity = group length for it, so `kept` drops nothing (only padding and top-2's second-expert coin).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from switchrepro.moe.routing import Routing
 
 Array = jax.Array
 ExpertFn = Callable[[Array], Array]
+RaggedExpertFn = Callable[[Array, Array], Array]
 
 
 def _sizes(x: Array, routing: Routing):
@@ -97,11 +102,39 @@ def scatter_dispatch(x: Array, routing: Routing, capacity: int, expert_fn: Exper
     return combine_from_buffers(out, routing, capacity)
 
 
+def dropless_dispatch(x: Array, routing: Routing, ragged_expert_fn: RaggedExpertFn) -> Array:
+    """Sort all G * S * K assignments by expert, run them as one grouped FFN, unsort and weight by gate.
+
+    Args:
+      x: <dtype>[G, S, M] grouped activations.
+      routing: expert_index / gate / kept <[G, S, K]>; assignments with kept False still flow through the
+        experts (static shapes) but get weight 0, so their tokens' outputs are exactly 0.
+      ragged_expert_fn: <dtype>[A, M] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, M].
+    """
+    num_experts = _sizes(x, routing)
+    g, s, m = x.shape
+    k = routing.expert_index.shape[-1]
+    expert = routing.expert_index.reshape(-1)                    # <int32>[A], A = G * S * K, token-major
+    order = jnp.argsort(expert, stable=True)                     # stable: sequence order within an expert
+    rows = x.reshape(g * s, m)[order // k]                       # assignment a belongs to token a // K
+    sizes = jnp.bincount(expert, length=num_experts).astype(jnp.int32)
+    out = ragged_expert_fn(rows, sizes)
+    unsorted = out[jnp.argsort(order)].reshape(g, s, k, m)      # the inverse permutation
+    weight = jnp.where(routing.kept, routing.gate, 0.0).astype(x.dtype)
+    return jnp.einsum("gskm,gsk->gsm", unsorted, weight)
+
+
 BACKENDS = {"einsum": einsum_dispatch, "scatter": scatter_dispatch}
 
 
-def run_experts(kind: str, x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn) -> Array:
-    """Run `expert_fn` on the routed tokens with backend `kind` ('scatter' or 'einsum')."""
+def run_experts(kind: str, x: Array, routing: Routing, capacity: int, expert_fn: ExpertFn,
+                ragged_expert_fn: Optional[RaggedExpertFn] = None) -> Array:
+    """Run the experts on the routed tokens with backend `kind` ('scatter', 'einsum' or 'dropless', which
+    needs `ragged_expert_fn` and ignores `capacity` and `expert_fn`)."""
+    if kind == "dropless":
+        if ragged_expert_fn is None:
+            raise ValueError("the dropless backend needs ragged_expert_fn (rows sorted by expert, sizes)")
+        return dropless_dispatch(x, routing, ragged_expert_fn)
     if kind not in BACKENDS:
-        raise ValueError(f"dispatch must be one of {sorted(BACKENDS)}, got {kind!r}")
+        raise ValueError(f"dispatch must be one of {sorted([*BACKENDS, 'dropless'])}, got {kind!r}")
     return BACKENDS[kind](x, routing, capacity, expert_fn)

@@ -3,7 +3,8 @@
     x <dtype>[batch, length, d_model]
       -> T = batch * length tokens, row-major, split into G groups of S tokens (routing.num_groups)
       -> Routing (float32 router, capacity per group)
-      -> experts: one batched matmul over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch)
+      -> experts: one batched matmul over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch),
+         or, for dispatch 'dropless', a grouped matmul over all assignments sorted by expert (no capacity)
       -> y <dtype>[batch, length, d_model], the FFN branch only: the caller adds the residual.
 
 Dropped and padding tokens get y = 0 exactly, so x + y passes them through unchanged.
@@ -20,7 +21,7 @@ from flax import struct
 
 from switchrepro.config import MoeConfig
 from switchrepro.moe import dispatch as dispatch_lib
-from switchrepro.moe import routing
+from switchrepro.moe import grouped, routing
 
 Array = jax.Array
 
@@ -170,6 +171,8 @@ class MoeFeedForward(nn.Module):
         mask = None if token_mask is None else token_mask.reshape(groups, group_len)
         factor = cfg.capacity_factor_eval if deterministic else cfg.capacity_factor_train
         capacity = routing.expert_capacity(group_len, num_experts, factor, cfg.min_capacity, cfg.capacity_rounding)
+        if cfg.dispatch == "dropless":  # an expert can get every token of a group: nothing overflows
+            capacity = group_len
 
         # --- route (float32 unless cfg.router_dtype says otherwise) ---
         key = None
@@ -195,13 +198,25 @@ class MoeFeedForward(nn.Module):
             a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
             return jnp.einsum("enf,efm->enm", a, w_out.astype(self.dtype))
 
+        def ragged_experts(rows: Array, sizes: Array, weights=(wi, wo)) -> Array:
+            """<dtype>[A, d_model] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, d_model]."""
+            w_in, w_out = weights
+            proj = [grouped.grouped_matmul(rows, w.astype(self.dtype), sizes, cfg.grouped_matmul) for w in w_in]
+            a = nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
+            a = hidden_dropout(a, deterministic=deterministic)
+            return grouped.grouped_matmul(a, w_out.astype(self.dtype), sizes, cfg.grouped_matmul)
+
         if devices > 1:
             from switchrepro.moe import parallel
+
+            if cfg.dispatch == "dropless":
+                raise ValueError("the dropless backend runs on one device; with a device mesh set "
+                                 "MoeConfig.dispatch = 'scatter'")
 
             if cfg.expert_dropout > 0 and not deterministic:
                 raise ValueError("expert dropout is not supported with a device mesh yet; set "
                                  "MoeConfig.expert_dropout = 0 or train without --mesh")
             y = parallel.expert_parallel(self.mesh, xg, r, capacity, experts, (wi, wo))
         else:
-            y = dispatch_lib.run_experts(cfg.dispatch, xg, r, capacity, experts)
+            y = dispatch_lib.run_experts(cfg.dispatch, xg, r, capacity, experts, ragged_experts)
         return y.reshape(batch, length, d_model), routing_metrics(cfg, r, capacity)
