@@ -24,9 +24,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from switchrepro.config import GROUPED_MATMULS as IMPLS
 
-IMPLS = ("auto", "ragged_dot", "blocks")
+Array = jax.Array
 
 
 def default_block(rows: int, groups: int) -> int:
