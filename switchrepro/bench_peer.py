@@ -392,7 +392,7 @@ class _JaxSide:
         self.ready = {"params": n_params, "first_loss": first_loss, "first_step_s": first_s,
                       "versions": {**_versions("jax", "jaxlib", "flax", "optax"), "switchrepro": host.code_version()},
                       "backend": jax.default_backend(), "devices": jax.device_count(),
-                      "xla_flags": os.environ.get("XLA_FLAGS", "")}
+                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": host.describe()["malloc"]}
 
     def step(self) -> Tuple[float, float]:
         t = time.perf_counter()
@@ -445,6 +445,9 @@ def _worker_main(tool: str) -> None:
         os.sched_setaffinity(0, set(job["cores"]))  # before XLA / torch size their thread pools
     spec = PeerSpec(**job["spec"])
     if tool == "jax":
+        from switchrepro.train.host import keep_freed_memory
+
+        keep_freed_memory()  # as the `switchrepro` command does, before JAX starts its threads
         side = _JaxSide(spec, job["experts"])
     else:
         side = _HfSide(spec, job["experts"], job.get("hf_capacity"), job["threads"])
@@ -586,6 +589,8 @@ def format_report(spec: PeerSpec, rows: Sequence[PeerRow], steps: int, warmup: i
         f"both tools pinned to cores {list(cores)}, {len(cores)} thread(s) each (torch.set_num_threads = "
         f"{hf_ready['torch_threads']}, interop {hf_ready['torch_interop_threads']}; XLA: its default pool, one "
         f"intra-op thread per pinned core, XLA_FLAGS={jax_ready['xla_flags']!r}); Python {platform.python_version()}",
+        f"- memory: switchrepro's process: {jax_ready.get('malloc', 'system default')} (as the `switchrepro` "
+        "command sets it); the HF process: the system default",
         f"- versions: switchrepro {jv['switchrepro']}, jax {jv['jax']}, jaxlib {jv['jaxlib']}, flax {jv['flax']}, "
         f"optax {jv['optax']}; torch {hv['torch']}, transformers {hv['transformers']}",
         f"- model: d_model {spec.d_model}, d_kv {spec.d_kv}, d_ff {spec.d_ff}, {spec.num_layers}+{spec.num_layers} "

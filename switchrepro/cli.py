@@ -29,6 +29,9 @@ from typing import List, Optional, Sequence
 import click
 
 from switchrepro import config as C
+from switchrepro.train import host as _host
+
+_host.keep_freed_memory()  # before JAX starts its threads; see its docstring
 
 REPO = Path(__file__).resolve().parents[1]
 GIN_DIR = REPO / "gin"
