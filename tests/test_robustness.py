@@ -261,3 +261,31 @@ def test_readme_opens_with_purpose_set_up_and_a_table_reproduction():
     assert not re.search(r"\bissues? #?\d", text, re.IGNORECASE)
     for report in (REPO / "results").glob("*/REPORT.md"):
         assert not re.search(r"\bissues? #?\d", report.read_text(), re.IGNORECASE), report
+
+
+def test_bench_moe_tables_and_goals_agree(tmp_path):
+    """`bench moe` on tiny shapes: both token counts get a table, and each goal line's ratio is the
+    quotient of that table's own 128- and 8-expert times."""
+    import re
+
+    from switchrepro import bench
+
+    text = bench.run_moe_bench([8, 128], repeats=1, whole_model_steps=1, tokens=256, d_model=8, d_ff=16,
+                               group_size=128, echo=lambda s: None)
+    tables = re.split(r"^## ", text, flags=re.M)
+    layer = {int(t.split(" tokens")[0].split()[-1]): t for t in tables if t.startswith("Layer")}
+    assert sorted(layer) == [256, 1024]
+    for n, table in layer.items():
+        times = {}
+        for row in re.findall(r"^\| switch \| (\d+) \| ([^|]+) \| ([^|]+) \| ([\d.]+) \|", table, flags=re.M):
+            times[(row[2].strip(), row[1].strip(), int(row[0]))] = float(row[3])
+        backends = {k[:2] for k in times}
+        assert ("dropless/blocks", "-") in backends and ("scatter", "1.0") in backends
+        assert len(backends) == (5 if n == 256 else 2)  # scatter/einsum x cf 1.0/1.25 + dropless; 4x: 2
+        best = {e: min(ms for k, ms in times.items() if k[2] == e) for e in (8, 128)}
+        goal = re.search(rf"^- {n} tokens: .* = ([\d.]+)x \((meets|misses) the <= ([\d.]+)x goal\)", text, re.M)
+        assert goal, text
+        lo, hi = (best[128] - 0.05) / (best[8] + 0.05), (best[128] + 0.05) / (best[8] - 0.05)  # 0.1 ms printing
+        assert lo - 0.005 <= float(goal.group(1)) <= hi + 0.005
+        assert goal.group(2) == ("meets" if float(goal.group(1)) <= float(goal.group(3)) else "misses")
+    assert re.search(r"^- whole model: Switch \(32 experts, cf 1.0\) runs at", text, re.M)

@@ -37,6 +37,13 @@ def default_block(rows: int, groups: int) -> int:
     return min(256, max(8, 1 << (target.bit_length() - 1)))
 
 
+def resolve(impl: str) -> str:
+    """The implementation `impl` runs as on this JAX backend: `auto` is `blocks` on CPU, else `ragged_dot`."""
+    if impl == "auto":
+        return "blocks" if jax.default_backend() == "cpu" else "ragged_dot"
+    return impl
+
+
 def grouped_matmul(lhs: Array, rhs: Array, sizes: Array, impl: str = "auto", block: int | None = None) -> Array:
     """lhs <dtype>[A, K] (sorted by group) x rhs <dtype>[E, K, N] with sizes <int32>[E] -> <dtype>[A, N].
 
@@ -46,8 +53,7 @@ def grouped_matmul(lhs: Array, rhs: Array, sizes: Array, impl: str = "auto", blo
     if lhs.ndim != 2 or rhs.ndim != 3 or lhs.shape[1] != rhs.shape[1] or sizes.shape != rhs.shape[:1]:
         raise ValueError(f"grouped_matmul needs lhs [A, K], rhs [E, K, N], sizes [E]; got {lhs.shape}, "
                          f"{rhs.shape}, {sizes.shape}")
-    if impl == "auto":
-        impl = "blocks" if jax.default_backend() == "cpu" else "ragged_dot"
+    impl = resolve(impl)
     if impl == "ragged_dot":
         return jax.lax.ragged_dot(lhs, rhs, sizes.astype(jnp.int32))
     return _blocks(lhs, rhs, sizes.astype(jnp.int32), block or default_block(lhs.shape[0], rhs.shape[0]))
