@@ -206,8 +206,10 @@ def config_from_dict(d: dict) -> C.ExperimentConfig:
     for k in ("encoder_sparse_layers", "decoder_sparse_layers"):
         if model.get(k) is not None:
             model[k] = tuple(model[k])
+    distill = d.get("distill")
     return C.ExperimentConfig(model=C.ModelConfig(**model), data=C.DataConfig(**d["data"]),
-                              train=C.TrainConfig(**d["train"]))
+                              train=C.TrainConfig(**d["train"]),
+                              distill=C.DistillConfig(**distill) if distill is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -307,6 +309,12 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
     mesh = setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
     cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
     check_mesh(cfg, mesh)
+    _train_and_report(cfg, operative, run_dir, progress=not no_progress and cfg.train.progress, mesh=mesh)
+
+
+def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, progress: bool, mesh=None,
+                      teacher=None) -> None:
+    """`train` and `distill`: lock RUN_DIR, save the configuration, train (or resume), print the result."""
     from switchrepro.train import trainer
     from switchrepro.train.run_lock import run_dir_lock
 
@@ -321,8 +329,8 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
         click.echo(backend_line())
         with run_file_errors(run_dir):
             result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
-                                   progress=not no_progress and cfg.train.progress, echo=click.echo,
-                                   stop_after=_stop_after(), mesh=mesh)
+                                   progress=progress, echo=click.echo, stop_after=_stop_after(), mesh=mesh,
+                                   teacher=teacher)
     finally:
         lock.release()
     final = result.final
@@ -336,6 +344,58 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
         msg += f" | {final['examples_per_sec']:.1f} examples/sec"
     click.echo(msg)
     click.echo(f"metrics: {result.metrics_path}")
+
+
+@main.command()
+@_config_options
+@click.option("--teacher-run", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The teacher's run directory (a finished `switchrepro train` or table run).")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The student's run directory. Rerun to resume.")
+@click.option("--teacher-weight", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Soft (teacher) share of the loss: 0.25 is the paper's 0.75 hard/soft mix, 1 soft only, "
+                   "0 no distillation loss.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--init-from-teacher/--no-init-from-teacher", default=True, show_default=True,
+              help="Start the student from the teacher's non-expert weights (matching path and shape).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def distill(gin_files, bindings, tfds_data_dir, teacher_run: Path, run_dir: Path, teacher_weight: float,
+            temperature: float, init_from_teacher: bool, no_progress: bool):
+    """Distil the model of TEACHER_RUN (typically a Switch model) into the model of the gin files (typically
+    its FLOP-matched dense model): the student learns from the labels and the teacher's probabilities."""
+    if not gin_files:
+        raise UserError("pass the student's --gin-file (e.g. --gin-file models/tiny_dense.gin)")
+    from switchrepro.experiments.runner import config_hash
+    from switchrepro.train import trainer
+
+    if not teacher_run.is_dir():
+        raise UserError(f"--teacher-run {teacher_run} does not exist")
+    teacher_cfg = load_run_config(teacher_run)
+    cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    if teacher_cfg.model.vocab_size != cfg.model.vocab_size or teacher_cfg.data.task != cfg.data.task:
+        raise UserError(f"teacher and student must share the task and vocabulary: the teacher was trained on "
+                        f"{teacher_cfg.data.task!r} ({teacher_cfg.model.vocab_size} ids), the student is configured "
+                        f"for {cfg.data.task!r} ({cfg.model.vocab_size} ids); set the student's DataConfig.task and "
+                        "ModelConfig.vocab_size to the teacher's")
+    cfg = dataclasses.replace(cfg, distill=C.DistillConfig(
+        teacher=config_hash(teacher_cfg), teacher_weight=teacher_weight, temperature=temperature,
+        init_from_teacher=init_from_teacher))
+    try:
+        cfg.validate()
+    except C.ConfigError as e:
+        raise UserError(str(e)) from e
+    operative += (f"\n# distillation (from the command line): teacher run {teacher_run} (configuration "
+                  f"{cfg.distill.teacher})\n# {cfg.distill}\n")
+    try:
+        with run_file_errors(teacher_run):
+            teacher_model, teacher_params, teacher_step = trainer.restore_params(teacher_cfg, teacher_run,
+                                                                                 echo=click.echo)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if teacher_step < teacher_cfg.train.steps:
+        click.echo(f"note: the teacher stopped at step {teacher_step} of {teacher_cfg.train.steps}")
+    _train_and_report(cfg, operative, run_dir, progress=not no_progress and cfg.train.progress,
+                      teacher=(teacher_model, teacher_params))
 
 
 @contextlib.contextmanager

@@ -187,15 +187,39 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Train this run's model as the student of a teacher run (paper section 4.2, Tables 6 to 8).
+
+    The teacher is named by its configuration hash, not its path, so the student's own hash (and run
+    directory) says which teacher it learned from wherever the runs live.
+    """
+
+    teacher: str = ""  # the teacher run's configuration hash (switchrepro.experiments.runner.config_hash)
+    teacher_weight: float = 0.25  # soft (teacher) share of the loss; the paper's "0.75 mix" of hard and soft
+    temperature: float = 1.0
+    init_from_teacher: bool = True  # start from the teacher's non-expert weights (those of matching path and shape)
+
+    def validate(self) -> None:
+        _check(bool(self.teacher), "DistillConfig.teacher must name the teacher run's configuration hash")
+        _check(0.0 <= self.teacher_weight <= 1.0,
+               f"teacher_weight must be in [0, 1] (0.25 = the paper's 0.75 hard/soft mix, 0 = no distillation "
+               f"loss), got {self.teacher_weight}")
+        _check(self.temperature > 0, f"temperature must be > 0 (1.0 = no softening), got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    distill: Optional[DistillConfig] = None  # None: plain pre-training
 
     def validate(self) -> "ExperimentConfig":
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.distill is not None:
+            self.distill.validate()
         from switchrepro.data import TASK_INFO  # light: no TensorFlow
 
         info = TASK_INFO.get(self.data.task)  # an unknown task is refused when its data is requested
@@ -208,4 +232,7 @@ class ExperimentConfig:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    d = dataclasses.asdict(cfg)
+    if isinstance(cfg, ExperimentConfig) and cfg.distill is None:
+        d.pop("distill")  # as run directories saved before distillation existed
+    return d

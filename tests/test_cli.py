@@ -203,3 +203,54 @@ def test_bench_table_times_each_row_and_adds_up_the_estimate(tmp_path):
     assert plan.strip() == "6 x 1" and float(sec_per_step) == pytest.approx(4 / float(rate), rel=0.02)
     bad = CliRunner().invoke(main, ["bench", "table", "table3", "--rows", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+# The teacher's shapes, dense: TINY without its gin file and its MoeConfig binding.
+STUDENT = ["--gin-file", "models/tiny_dense.gin"] + [
+    a for i, a in enumerate(TINY) if i >= 2 and "MoeConfig" not in a and "MoeConfig" not in (TINY[i + 1:i + 2] or [""])[0]]
+
+
+def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_root, tmp_path):
+    from switchrepro.cli import load_run_config
+    from switchrepro.experiments.runner import config_hash
+
+    teacher_dir, _ = trained
+    student_dir = tmp_path / "student"
+    args = ["distill", *STUDENT, *_cache(cache_root), "--teacher-run", str(teacher_dir), "--run-dir",
+            str(student_dir), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "student initialised from the teacher:" in result.output
+    saved = json.loads((student_dir / "config.json").read_text())
+    assert saved["model"]["moe"] is None
+    assert saved["distill"] == {"teacher": config_hash(load_run_config(teacher_dir)), "teacher_weight": 0.25,
+                                "temperature": 1.0, "init_from_teacher": True}
+    rows = [json.loads(line) for line in (student_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "start" and rows[0]["init_from_teacher"]["copied"] > 0
+    trained_rows = [r for r in rows if "distillation_loss" in r]
+    assert trained_rows and all(r["distillation_loss"] > 0 for r in trained_rows)
+    assert rows[-1]["event"] == "done"
+    again = CliRunner().invoke(main, args)  # finished: a no-op resume
+    assert again.exit_code == 0 and "student initialised" not in again.output
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "other task", "missing"])
+def test_distill_bad_teacher_is_one_line_and_exit_2(trained, cache_root, tmp_path, case):
+    teacher_dir, _ = trained
+    student = [*STUDENT, *_cache(cache_root)]
+    if case == "no checkpoint":
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        shutil.copy(teacher_dir / "config.json", bare / "config.json")
+        teacher, expect = bare, "no checkpoint in"
+    elif case == "other task":
+        student += ["--gin", "DataConfig.task = 'switchrepro_byte_span_corruption'", "--gin", "ModelConfig.vocab_size = 384"]
+        teacher, expect = teacher_dir, "teacher and student must share the task and vocabulary"
+    else:
+        teacher, expect = tmp_path / "nowhere", "does not exist"
+    result = CliRunner().invoke(main, ["distill", *student, "--teacher-run", str(teacher), "--run-dir",
+                                       str(tmp_path / "s"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], result.output
+    assert not (tmp_path / "s").exists()

@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import TINY_MODEL, TINY_MOE
 from flax import traverse_util
@@ -104,3 +105,39 @@ def test_transfer_from_a_switch_teacher_to_its_flop_matched_dense_student():
     assert report.expert_or_router and all("/moe/" in f"/{n}" for n in report.expert_or_router)
     # every teacher tensor outside the experts and router reached the student
     assert set(report.copied) == {"/".join(p) for p in flat_t if "moe" not in p}
+
+
+def test_distillation_step_at_teacher_weight_zero_is_the_plain_step():
+    """The trainer's distillation step with no soft share takes the plain step (same loss and gradients, so
+    the same SGD update, up to float32 rounding), while a soft share changes the update."""
+    from switchrepro.config import DistillConfig, TrainConfig
+    from switchrepro.model.t5 import dummy_batch
+    from switchrepro.train import trainer
+
+    teacher_model, teacher_params = init_params(dataclasses.replace(TINY_MODEL, moe=TINY_MOE), jax.random.PRNGKey(0))
+    model, params = init_params(TINY_MODEL, jax.random.PRNGKey(1))
+    tc = TrainConfig(steps=10)
+    opt = optax.sgd(1.0)  # params move by exactly the gradient (Adafactor would amplify rounding in tiny grads)
+    batch = dict(dummy_batch(2, 16, 8))
+    batch["decoder_target_tokens"] = jax.random.randint(jax.random.PRNGKey(3), (2, 8), 3, TINY_MODEL.vocab_size)
+    def new_state():  # a fresh copy each time: the step donates its state
+        p = jax.tree_util.tree_map(jnp.array, params)
+        return trainer.TrainState(step=jnp.int32(0), params=p, opt_state=opt.init(p))
+    key = jax.random.PRNGKey(5)
+    plain, plain_m = trainer.make_train_step(model, opt, tc)(new_state(), batch, key)
+
+    def distilled(weight):
+        step = trainer.make_train_step(model, opt, tc, teacher_model=teacher_model,
+                                       distill=DistillConfig(teacher="t", teacher_weight=weight))
+        return step(new_state(), batch, key, teacher_params)
+
+    zero, zero_m = distilled(0.0)
+    np.testing.assert_allclose(float(zero_m["loss"]), float(plain_m["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(zero_m["distillation_loss"]), float(plain_m["cross_entropy"]), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(zero.params), jax.tree_util.tree_leaves(plain.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    soft, soft_m = distilled(1.0)
+    assert float(soft_m["cross_entropy"]) == pytest.approx(float(plain_m["cross_entropy"]), rel=1e-6)  # same forward
+    assert float(soft_m["distillation_loss"]) != pytest.approx(float(plain_m["cross_entropy"]), rel=1e-3)
+    assert not all(np.allclose(np.asarray(a), np.asarray(b)) for a, b in
+                   zip(jax.tree_util.tree_leaves(soft.params), jax.tree_util.tree_leaves(plain.params)))

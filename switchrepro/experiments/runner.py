@@ -52,7 +52,7 @@ class PlannedRun:
     run_dir: Path
 
 
-_ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"))
+_ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -62,9 +62,9 @@ def config_hash(cfg: ExperimentConfig) -> str:
     # Options added after runs were committed are hashed only when set, so old runs keep their keys.
     for section, name, neutral in _ADDED_LATER:
         part = d
-        for key in section.split("."):
+        for key in filter(None, section.split(".")):  # "" is the top level
             part = part.get(key) or {}  # model.moe is None in a dense model
-        if part.get(name) == neutral:
+        if name in part and part[name] == neutral:
             part.pop(name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from switchrepro.config import ExperimentConfig, ModelConfig, TrainConfig
+from switchrepro.config import DistillConfig, ExperimentConfig, ModelConfig, TrainConfig
 from switchrepro.model.t5 import Transformer, count_params, init_params
+from switchrepro.train import distill as distill_lib
 from switchrepro.train.host import describe as describe_host
 from switchrepro.train.metrics_log import MetricsLog
 
@@ -118,23 +119,41 @@ def per_layer(moe_metrics: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 
 def make_train_step(model: Transformer, optimizer: optax.GradientTransformation, cfg: TrainConfig,
-                    placement: Optional["Placement"] = None):
+                    placement: Optional["Placement"] = None, *, teacher_model: Optional[Transformer] = None,
+                    distill: Optional[DistillConfig] = None):
     """The jitted step (state, batch, base_rng) -> (state, metrics); with `placement`, its inputs and
-    outputs keep the mesh shardings (state like the params, batch over every device)."""
-    def loss_fn(params, batch, rng):
+    outputs keep the mesh shardings (state like the params, batch over every device).
+
+    With `distill` (and the teacher's `teacher_model`), the step is (state, batch, base_rng, teacher_params)
+    and the loss is `distill.distillation_loss` against the teacher's eval-mode logits instead of the plain
+    cross-entropy; the z-loss and router losses are unchanged. At teacher_weight 0 it is the plain step.
+    """
+    if distill is not None and teacher_model is None:
+        raise ValueError("a distillation step needs the teacher's model (teacher_model)")
+
+    def loss_fn(params, batch, rng, teacher_params=None):
         dropout_rng, jitter_rng = jax.random.split(rng)
         logits, moe = model.apply({"params": params}, batch, deterministic=False,
                                   rngs={"dropout": dropout_rng, "jitter": jitter_rng})
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        ce_sum, z_sum, n = cross_entropy(logits, batch["decoder_target_tokens"], weights, cfg.logits_z_loss)
+        targets = batch["decoder_target_tokens"]
+        ce_sum, z_sum, n = cross_entropy(logits, targets, weights, cfg.logits_z_loss)
         n = jnp.maximum(n, 1.0)
         summary = moe_summary(moe)
-        loss = (ce_sum + z_sum) / n + summary["aux_loss"]
-        return loss, {"loss": loss, "cross_entropy": ce_sum / n, **summary}
+        extra = {}
+        if distill is None:
+            objective = ce_sum
+        else:
+            teacher_logits, _ = teacher_model.apply({"params": teacher_params}, batch, deterministic=True)
+            objective, _, _ = distill_lib.distillation_loss(logits, teacher_logits, targets, weights,
+                                                            distill.teacher_weight, distill.temperature)
+            extra = {"distillation_loss": objective / n}
+        loss = (objective + z_sum) / n + summary["aux_loss"]
+        return loss, {"loss": loss, "cross_entropy": ce_sum / n, **extra, **summary}
 
-    def train_step(state: TrainState, batch, base_rng):
+    def train_step(state: TrainState, batch, base_rng, teacher_params=None):
         rng = jax.random.fold_in(base_rng, state.step)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng, teacher_params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
@@ -143,6 +162,8 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
     if placement is None:
         return jax.jit(train_step, donate_argnums=(0,))
+    if distill is not None:
+        raise ValueError("distillation trains on one device; drop the mesh (--mesh) for a distillation run")
     return jax.jit(train_step, donate_argnums=(0,),
                    in_shardings=(placement.state, placement.batch, placement.replicated),
                    out_shardings=(placement.state, placement.replicated))
@@ -285,11 +306,15 @@ def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
-          stop_after: Optional[int] = None, echo: Callable[[str], None] = print, mesh=None) -> RunResult:
+          stop_after: Optional[int] = None, echo: Callable[[str], None] = print, mesh=None,
+          teacher: Optional[Tuple[Transformer, Any]] = None) -> RunResult:
     """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
 
     Args:
       train_cache, eval_cache: `switchrepro.data.cache.Cache` objects.
+      teacher: (model, params) of the teacher when `cfg.distill` is set (see `restore_params`). A fresh
+        run with `distill.init_from_teacher` starts from the teacher's non-expert weights; a resumed run
+        continues from its own checkpoint.
       stop_after: stop right after this step without a final checkpoint, as if the process were killed
         there (tests kill-and-resume; the next run resumes from the last periodic checkpoint).
       mesh: a ('data', 'expert') jax Mesh (switchrepro.moe.parallel.make_mesh) for data and expert
@@ -301,12 +326,22 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
 
     cfg.validate()
     tc, dc = cfg.train, cfg.data
+    if (cfg.distill is None) != (teacher is None):
+        raise ValueError("pass the teacher (model, params) exactly when the config has a DistillConfig")
     run_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, state, step_key, place = _initial_state_and_placement(cfg, mesh)
     params = state.params
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state, echo=echo, set_aside=True)
     start = int(state.step)
+    transfer = None
+    if start == 0 and cfg.distill is not None and cfg.distill.init_from_teacher:
+        params, transfer = distill_lib.transfer_non_expert(teacher[1], state.params)
+        params = jax.tree_util.tree_map(jnp.copy, params)  # the step donates the state, never the teacher's arrays
+        state = TrainState(step=state.step, params=params, opt_state=optimizer.init(params))
+        echo(f"student initialised from the teacher: {len(transfer.copied)} tensors copied, "
+             f"{len(transfer.expert_or_router)} expert/router tensors and {len(transfer.shape_mismatch)} of "
+             f"another shape left at their initialisation")
     log = MetricsLog(run_dir / "metrics.jsonl", start)
     if log.dropped_torn_line:
         echo(f"{log.path} ended in a half-written line (a crash while logging): dropped, its step is replayed")
@@ -324,9 +359,16 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
             f.write(json.dumps({"resumed_at_step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **host}) + "\n")
     if start == 0:
         log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
-                   "train_examples": train_cache.num_examples, "host": host})
+                   "train_examples": train_cache.num_examples, "host": host,
+                   **({"init_from_teacher": {"copied": len(transfer.copied),
+                                             "not_copied": len(transfer.expert_or_router) + len(transfer.shape_mismatch)}}
+                      if transfer is not None else {})})
 
-    train_step = make_train_step(model, optimizer, tc, place)
+    if cfg.distill is None:
+        train_step = make_train_step(model, optimizer, tc, place)
+    else:
+        distill_step = make_train_step(model, optimizer, tc, place, teacher_model=teacher[0], distill=cfg.distill)
+        train_step = lambda state, batch, key: distill_step(state, batch, key, teacher[1])
     eval_step = make_eval_step(model, place)
     eval_batches = lambda: data_cache.eval_batches(eval_cache, dc.batch_size, dc.eval_examples)
     place_batch = (lambda b: b) if place is None else place.place_batch
@@ -383,6 +425,22 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
                                                           and k != "eval_moe_layers"}})
     return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
+
+
+def restore_params(cfg: ExperimentConfig, run_dir: Path, echo: Callable[[str], None] = print):
+    """(model, params, step) of the latest checkpoint in `run_dir`, trained with `cfg` (a teacher, or a
+    pre-trained model to fine-tune). Raises FileNotFoundError when the run has no checkpoint."""
+    from switchrepro.train import checkpoint
+
+    model, _, state, _ = initial_state(cfg)
+    ckpt = checkpoint.Checkpointer(Path(run_dir) / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        if ckpt.manager.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}: train that run first")
+        state = ckpt.restore_latest(state, echo=echo)
+    finally:
+        ckpt.close()
+    return model, state.params, int(state.step)
 
 
 def _last_eval_row(rows) -> Dict[str, Any]:
