@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from switchrepro.config import DISPATCHES
 from switchrepro.moe.routing import Routing
 
 Array = jax.Array
@@ -136,5 +137,5 @@ def run_experts(kind: str, x: Array, routing: Routing, capacity: int, expert_fn:
             raise ValueError("the dropless backend needs ragged_expert_fn (rows sorted by expert, sizes)")
         return dropless_dispatch(x, routing, ragged_expert_fn)
     if kind not in BACKENDS:
-        raise ValueError(f"dispatch must be one of {sorted([*BACKENDS, 'dropless'])}, got {kind!r}")
+        raise ValueError(f"dispatch must be one of {DISPATCHES}, got {kind!r}")
     return BACKENDS[kind](x, routing, capacity, expert_fn)
