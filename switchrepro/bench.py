@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,35 +56,46 @@ def layer_time(module, x: jax.Array, repeats: int, token_mask=None) -> float:
     return _median_time(lambda: step(params, x), repeats)
 
 
+class _Stepper:
+    """One model's compiled training step on a fixed synthetic batch of the real shapes."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, inputs_length: int, targets_length: int):
+        from switchrepro.train import trainer
+
+        tc = TrainConfig(steps=1000)
+        model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=inputs_length,
+                                    targets_length=targets_length)
+        self.params = count_params(params)
+        opt = trainer.make_optimizer(tc)
+        self.state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+        self.step_fn = trainer.make_train_step(model, opt, tc)
+        rng = np.random.default_rng(0)
+        tok = lambda n: jnp.asarray(rng.integers(3, cfg.vocab_size - 100, (batch_size, n)), jnp.int32)
+        ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
+        targets = tok(targets_length)
+        self.batch = {"encoder_input_tokens": tok(inputs_length), "encoder_segment_ids": ones(inputs_length),
+                      "decoder_target_tokens": targets,
+                      "decoder_input_tokens": jnp.pad(targets[:, :-1], ((0, 0), (1, 0))),
+                      "decoder_segment_ids": ones(targets_length), "decoder_loss_weights": ones(targets_length)}
+        self.key = jax.random.PRNGKey(0)
+        self.step()  # compile
+
+    def step(self) -> float:
+        t = time.perf_counter()
+        self.state, m = self.step_fn(self.state, self.batch, self.key)
+        jax.block_until_ready(m)
+        return time.perf_counter() - t
+
+    def seconds_per_step(self, steps: int) -> float:
+        """Median of `steps` timed steps."""
+        return statistics.median(self.step() for _ in range(steps))
+
+
 def whole_model_rate(cfg: ModelConfig, batch_size: int, inputs_length: int, targets_length: int,
                      steps: int) -> tuple[float, int]:
     """Training examples/sec of `cfg` (median over `steps` timed steps after compilation)."""
-    from switchrepro.train import trainer
-
-    tc = TrainConfig(steps=steps)
-    model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=inputs_length,
-                                targets_length=targets_length)
-    opt = trainer.make_optimizer(tc)
-    state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
-    step_fn = trainer.make_train_step(model, opt, tc)
-    rng = np.random.default_rng(0)
-    tok = lambda n: jnp.asarray(rng.integers(3, cfg.vocab_size - 100, (batch_size, n)), jnp.int32)
-    ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
-    targets = tok(targets_length)
-    batch = {"encoder_input_tokens": tok(inputs_length), "encoder_segment_ids": ones(inputs_length),
-             "decoder_target_tokens": targets,
-             "decoder_input_tokens": jnp.pad(targets[:, :-1], ((0, 0), (1, 0))),
-             "decoder_segment_ids": ones(targets_length), "decoder_loss_weights": ones(targets_length)}
-    key = jax.random.PRNGKey(0)
-    state, m = step_fn(state, batch, key)  # compile
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, m = step_fn(state, batch, key)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    return batch_size / statistics.median(times), count_params(params)
+    stepper = _Stepper(cfg, batch_size, inputs_length, targets_length)
+    return batch_size / stepper.seconds_per_step(steps), stepper.params
 
 
 # The performance targets for the best Switch backend: time at 128 experts / time at 8 experts, by tokens
@@ -220,23 +231,41 @@ def run_mesh_bench(mesh, expert_counts: List[int], repeats: int = 5, tokens: int
     return "\n".join(lines) + "\n"
 
 
-def run_table_bench(rows, seeds: int, steps: int = 10, echo: Callable[[str], None] = print) -> str:
+def run_table_bench(rows, seeds: int, steps: int = 10, rounds: int = 1,
+                    echo: Callable[[str], None] = print) -> Tuple[str, "pd.DataFrame"]:
     """Training time of a table's rows at their real shapes. `rows`: [(row name, ExperimentConfig)].
 
-    Each row's step is timed on synthetic batches (median of `steps` after compilation) in this process,
-    with its cores and XLA threads; the estimate is seeds x TrainConfig.steps x that time, leaving out
-    evaluation and checkpoints (a few percent at mini scale)."""
-    lines = ["| row | params | examples/sec | sec/step | steps x seeds | est. minutes |", "|---|---|---|---|---|---|"]
-    total = 0.0
+    Every row's step is compiled first, then timed in `rounds` rounds (rows in turn, the order reversed
+    every other round, so that drifts in machine load hit all rows alike); a round's time is the median
+    of `steps` steps on synthetic batches, in this process with its cores and XLA threads. The estimate
+    is seeds x TrainConfig.steps x the median round, leaving out evaluation and checkpoints (a few percent
+    at mini scale). Returns the markdown table and one row per (row, round): `row`, `round`,
+    `sec_per_step`, `batch_size`."""
+    import pandas as pd
+
+    steppers = {}
     for name, cfg in rows:
         d = cfg.data
-        rate, params = whole_model_rate(cfg.model, d.batch_size, d.inputs_length, d.targets_length, steps)
-        sec_per_step = d.batch_size / rate
+        steppers[name] = (_Stepper(cfg.model, d.batch_size, d.inputs_length, d.targets_length), cfg)
+    timed = []
+    for r in range(rounds):
+        order = list(steppers) if r % 2 == 0 else list(steppers)[::-1]
+        for name in order:
+            timed.append({"row": name, "round": r, "sec_per_step": steppers[name][0].seconds_per_step(steps),
+                          "batch_size": steppers[name][1].data.batch_size})
+    frame = pd.DataFrame(timed)
+    lines = ["| row | params | examples/sec | sec/step | spread over rounds | steps x seeds | est. minutes |",
+             "|---|---|---|---|---|---|---|"]
+    total = 0.0
+    for name, (stepper, cfg) in steppers.items():
+        secs = frame.loc[frame["row"] == name, "sec_per_step"]
+        sec_per_step = float(secs.median())
+        spread = f"{100 * float(secs.std(ddof=1)) / float(secs.mean()):.1f}%" if len(secs) > 1 else "-"
         minutes = seeds * cfg.train.steps * sec_per_step / 60
         total += minutes
-        lines.append(f"| {name} | {params:,} | {rate:.1f} | {sec_per_step:.3f} | {cfg.train.steps} x {seeds} "
-                     f"| {minutes:.1f} |")
+        lines.append(f"| {name} | {stepper.params:,} | {cfg.data.batch_size / sec_per_step:.1f} | {sec_per_step:.3f} "
+                     f"| {spread} | {cfg.train.steps} x {seeds} | {minutes:.1f} |")
         echo(lines[-1])
-    lines.append(f"| **all** | | | | | **{total:.1f}** |")
+    lines.append(f"| **all** | | | | | | **{total:.1f}** |")
     echo(lines[-1])
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", frame

@@ -592,6 +592,16 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
             "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
             "this_invocation_seconds": round(_time.time() - t0, 1),
             "train_seconds_total": float(results["wall_seconds"].sum()) if len(results) else 0.0}
+    try:
+        speed = runner.load_speed(results_dir, scale, table)
+    except runner.ResultsError as e:
+        raise UserError(str(e)) from None
+    if speed is not None and len(results):
+        results, curves = runner.apply_speed(results, curves, speed[0])
+        meta["speed"] = (f"examples/sec and the time axis come from `{speed[1].get('command', '?')}` "
+                         f"({speed[1].get('date', '?')}; {speed[1].get('host', '?')}): every row timed in one "
+                         "sitting, seed s taking timing round s mod rounds; the training logs' own speeds "
+                         "depend on what else shared the machine")
     path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
     click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
     _print_table(spec, scale, results, curves)
@@ -882,25 +892,47 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
               help="Also write the table as markdown here.")
 @click.option("--gin", "bindings", multiple=True, metavar="NAME=VALUE",
               help="Extra binding for every row, as in `run` (time a candidate regime before adopting it).")
-def bench_table(table, scale, rows, steps, output, bindings):
+@click.option("--rounds", default=1, type=click.IntRange(1), show_default=True,
+              help="Time every row this many times, rows in turn (the table shows the median round).")
+@click.option("--save", is_flag=True,
+              help="Save the timings as results/<scale>/TABLE_speed.csv (needs --rounds >= 2 and all of the "
+                   "table's rows): `run`/`report` then take the table's examples/sec and time axis from it "
+                   "instead of the training logs, whose speed depends on what else shared the machine.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+def bench_table(table, scale, rows, steps, output, bindings, rounds, save, results_dir):
     """Time one training step of each row of TABLE at its real shapes (synthetic batches, in this process with
     its cores and XLA threads) and estimate the table's training time: rows x seeds x steps. Run it under
     `taskset -c 0` with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" for the
     one-core time of a `run --workers` process."""
     from switchrepro import bench as B
+    from switchrepro.experiments import runner
     from switchrepro.train import host
 
+    if save and (rows or bindings or rounds < 2):
+        raise UserError("--save times the table as it is run: drop --rows and --gin, and use --rounds 2 or more "
+                        "(each seed's speed is one round's timing, so the rounds give the spread)")
     if output is not None:
         ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
+    if save:
+        ensure_writable(results_dir, "--results-dir")
     spec = parse_table(table)
     build = lambda files, b: parse_config(files, [*b, *bindings])  # noqa: E731
     planned = _plan(spec, scale, build, Path("runs"), 1, _row_names(rows))
     where = f"{backend_line()}; {host.layout(host.describe())}"
     click.echo(where)
-    click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row")
-    text = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps, echo=click.echo)
+    click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row "
+               f"and round, {rounds} round(s)")
+    text, timed = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps,
+                                    rounds=rounds, echo=click.echo)
+    command = shlex.join(["switchrepro"] + sys.argv[1:])
     if output:
-        output.write_text(f"`{shlex.join(['switchrepro'] + sys.argv[1:])}`\n\n{where}\n\n{text}")
+        output.write_text(f"`{command}`\n\n{where}\n\n{text}")
+    if save:
+        path = runner.save_speed(results_dir, scale, table, timed, {
+            "command": command, "host": where, "date": time.strftime("%Y-%m-%d"), "steps": steps,
+            "rounds": rounds})
+        click.echo(f"saved {path}; `switchrepro run {table} --scale {scale} --collect-only` applies it")
 
 
 def _switch_expert_counts(ctx, param, value: str) -> List[int]:

@@ -187,22 +187,41 @@ def test_bench_table_times_each_row_and_adds_up_the_estimate(tmp_path):
     text = out_file.read_text()
     rows = [ln.split("|")[1:-1] for ln in text.splitlines() if ln.startswith("| T5-Base")]
     assert len(rows) == 1
-    _, params, rate, sec_per_step, plan, minutes = rows[0]
+    _, params, rate, sec_per_step, spread, plan, minutes = rows[0]
     assert plan.strip() == "4 x 1" and int(params.replace(",", "")) > 0  # smoke: 4 steps, 1 seed
+    assert spread.strip() == "-"  # one round
     assert float(sec_per_step) == pytest.approx(8 / float(rate), rel=0.02)  # smoke batch 8
     assert float(minutes) == pytest.approx(4 * float(sec_per_step) / 60, abs=0.051)
-    assert f"| **all** | | | | | **{minutes.strip()}** |" in text
+    assert f"| **all** | | | | | | **{minutes.strip()}** |" in text
     assert "cpu backend" in text and "CPUs" in text  # where it was measured
     # --gin times a candidate regime: here 6 steps of batch 4 instead of the smoke scale's 4 of 8
     out = CliRunner().invoke(main, ["bench", "table", "scaling", "--scale", "smoke", "--rows", "T5-Base",
                                     "--steps", "2", "--gin", "TrainConfig.steps = 6",
                                     "--gin", "DataConfig.batch_size = 4"])
     assert out.exit_code == 0, out.output
-    _, _, rate, sec_per_step, plan, _ = next(ln.split("|")[1:-1] for ln in out.output.splitlines()
-                                             if ln.startswith("| T5-Base"))
+    _, _, rate, sec_per_step, _, plan, _ = next(ln.split("|")[1:-1] for ln in out.output.splitlines()
+                                                if ln.startswith("| T5-Base"))
     assert plan.strip() == "6 x 1" and float(sec_per_step) == pytest.approx(4 / float(rate), rel=0.02)
     bad = CliRunner().invoke(main, ["bench", "table", "table3", "--rows", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_bench_table_save_times_every_row_in_rounds_and_run_uses_it(tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    out = CliRunner().invoke(main, ["bench", "table", "table2", "--scale", "smoke", "--steps", "1", "--rounds", "2",
+                                    "--save", "--results-dir", str(results)])
+    assert out.exit_code == 0, out.output
+    timed = pd.read_csv(results / "smoke" / "table2_speed.csv")
+    assert len(timed) == 2 * timed["row"].nunique() and sorted(set(timed["round"])) == [0, 1]
+    assert (timed["sec_per_step"] > 0).all()
+    meta = json.loads((results / "smoke" / "table2_speed.json").read_text())
+    assert meta["rounds"] == 2 and meta["steps"] == 1 and meta["command"].startswith("switchrepro")
+    for bad_args in (["--rows", "float32"], ["--rounds", "1"], ["--gin", "TrainConfig.steps = 2"]):
+        bad = CliRunner().invoke(main, ["bench", "table", "table2", "--scale", "smoke", "--save",
+                                        "--results-dir", str(results), *bad_args])
+        assert bad.exit_code == 2 and bad.output.startswith("error: --save times the table as it is run"), bad.output
 
 
 # The teacher's shapes, dense: TINY without its gin file and its MoeConfig binding.

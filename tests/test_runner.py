@@ -194,6 +194,16 @@ def test_collect_only_trains_nothing_and_collects_what_has_finished(tmp_path, ca
     assert not list(scaling_runs.glob("Switch_4e*"))  # nothing created for a run that never started
     partial = next(scaling_runs.glob("Switch_2e*")) / "metrics.jsonl"
     assert '"done"' not in partial.read_text()
+    # With one-sitting timings saved (`bench table --save`), collection takes speed and time from them.
+    runner.save_speed(d["results"], "smoke", "scaling", pd.DataFrame(
+        {"row": ["T5-Base", "T5-Base"], "round": [0, 1], "sec_per_step": [0.5, 0.25], "batch_size": [8, 8]}),
+        {"command": "switchrepro bench table scaling --save", "date": "today"})
+    _run(d, "scaling", "--rows", "T5-Base", "--collect-only")
+    df = pd.read_csv(d["results"] / "smoke" / "scaling.csv")
+    assert df["examples_per_sec"].tolist() == [16.0] and df["wall_seconds"].tolist() == [2.0]  # seed 0: round 0
+    assert df["speed_source"].tolist() == ["bench table"]
+    meta = json.loads((d["results"] / "smoke" / "scaling_meta.json").read_text())
+    assert "switchrepro bench table scaling --save" in meta["speed"]
 
 
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):
@@ -294,3 +304,20 @@ def test_training_order_puts_the_positive_control_first_then_goes_seed_by_seed(t
                      ("T5-Large", 2), ("Switch 2e", 0), ("Switch 4e", 0), ("Switch 2e", 1), ("Switch 4e", 1),
                      ("Switch 2e", 2), ("Switch 4e", 2)]
     assert sorted(map(id, runner.training_order(runs))) == sorted(map(id, runs))  # a permutation, nothing lost
+
+
+def test_apply_speed_takes_each_seeds_speed_from_its_timing_round():
+    import pandas as pd
+
+    results = pd.DataFrame({"row": ["A", "A", "A", "B"], "seed": [0, 1, 2, 0], "final_step": [100] * 4,
+                            "examples_per_sec": [1.0, 2.0, 3.0, 4.0], "wall_seconds": [9.0] * 4})
+    curves = pd.DataFrame({"row": ["A", "A", "B"], "seed": [1, 1, 0], "step": [50, 100, 100],
+                           "wall_seconds": [7.0, 9.0, 9.0], "nlp": [-2.0, -1.9, -1.8]})
+    timed = pd.DataFrame({"row": ["A", "A"], "round": [1, 0], "sec_per_step": [0.5, 0.25], "batch_size": [8, 8]})
+    out, out_curves = runner.apply_speed(results, curves, timed)
+    # seed s uses round s mod 2: seeds 0 and 2 round 0 (0.25 s/step), seed 1 round 1 (0.5 s/step)
+    assert out["examples_per_sec"].tolist() == [32.0, 16.0, 32.0, 4.0]
+    assert out["wall_seconds"].tolist() == [25.0, 50.0, 25.0, 9.0]
+    assert out["speed_source"].tolist() == ["bench table"] * 3 + ["training log"]
+    assert out_curves["wall_seconds"].tolist() == [25.0, 50.0, 9.0]  # row B has no timing: unchanged
+    assert results["examples_per_sec"].tolist() == [1.0, 2.0, 3.0, 4.0]  # inputs untouched

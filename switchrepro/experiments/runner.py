@@ -257,6 +257,58 @@ def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.Da
     return out / f"{spec.name}.csv"
 
 
+# -------------------------------------------------------------------------- speed from one sitting
+
+
+def save_speed(results_dir: Path, scale: str, table: str, timed: pd.DataFrame, meta: dict) -> Path:
+    """Writes `switchrepro bench table --save` timings: results/<scale>/<table>_speed.csv (`row`, `round`,
+    `sec_per_step`, `batch_size`) and _speed.json (command, host, date)."""
+    out = Path(results_dir) / scale
+    out.mkdir(parents=True, exist_ok=True)
+    with results_lock(results_dir, scale, table):
+        _write_atomic(out / f"{table}_speed.csv", timed.to_csv(index=False))
+        _write_atomic(out / f"{table}_speed.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return out / f"{table}_speed.csv"
+
+
+def load_speed(results_dir: Path, scale: str, table: str) -> Optional[Tuple[pd.DataFrame, dict]]:
+    """The saved one-sitting timings of `table`, or None."""
+    path = Path(results_dir) / scale / f"{table}_speed.csv"
+    if not path.exists():
+        return None
+    try:
+        timed = pd.read_csv(path)
+        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+        if not {"row", "round", "sec_per_step"} <= set(timed.columns):
+            raise ValueError("missing columns")
+    except (ValueError, pd.errors.ParserError) as e:
+        raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
+                           f"`switchrepro bench table {table} --scale {scale} --rounds 3 --save`") from None
+    return timed, meta
+
+
+def apply_speed(results: pd.DataFrame, curves: pd.DataFrame, timed: pd.DataFrame):
+    """Training-log speed replaced by one-sitting timings: the run with seed s of a row gets the row's
+    timing round s mod R as its seconds per step, so the seeds' spread in speed is the rounds' spread.
+    `examples_per_sec` = batch / that time, `wall_seconds` (results and curves) = step x that time
+    (evaluation and checkpoints left out). Rows without a timing keep their logs' figures; the column
+    `speed_source` says which is which."""
+    results, curves = results.copy(), curves.copy()
+    results["speed_source"] = "training log"
+    for row, rounds in timed.sort_values("round").groupby("row", sort=False):
+        secs = rounds["sec_per_step"].to_numpy()
+        batch = rounds["batch_size"].to_numpy()
+        for i in results.index[results["row"] == row]:
+            k = int(results.at[i, "seed"]) % len(secs)
+            results.at[i, "examples_per_sec"] = batch[k] / secs[k]
+            results.at[i, "wall_seconds"] = results.at[i, "final_step"] * secs[k]
+            results.at[i, "speed_source"] = "bench table"
+            if len(curves):
+                mask = (curves["row"] == row) & (curves["seed"] == results.at[i, "seed"])
+                curves.loc[mask, "wall_seconds"] = curves.loc[mask, "step"] * secs[k]
+    return results, curves
+
+
 def results_lock(results_dir: Path, scale: str, table: str) -> Lock:
     return Lock(Path(results_dir) / scale / f".{table}.lock")
 
