@@ -456,22 +456,19 @@ def eval_cmd(run_dir: Path, eval_examples: Optional[int]):
     """Score the latest checkpoint in RUN_DIR on held-out data (negative log-perplexity, nats/token)."""
     from switchrepro.data import cache as data_cache
     from switchrepro.train import trainer
-    from switchrepro.train.checkpoint import Checkpointer
 
     cfg = load_run_config(run_dir)
     if eval_examples:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_examples=eval_examples))
     _, eval_cache = load_caches(cfg)
-    model, _, state, _ = trainer.initial_state(cfg)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if ckpt.manager.latest_step() is None:
-        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    with run_file_errors(run_dir):
-        state = ckpt.restore_latest(state, echo=click.echo)
-    ckpt.close()
-    out = trainer.evaluate(trainer.make_eval_step(model), state.params,
+    try:
+        with run_file_errors(run_dir):
+            model, params, step = trainer.restore_params(cfg, run_dir, echo=click.echo)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    out = trainer.evaluate(trainer.make_eval_step(model), params,
                            data_cache.eval_batches(eval_cache, cfg.data.batch_size, cfg.data.eval_examples))
-    click.echo(f"step {int(state.step)}: held-out neg. log perplexity {out['eval_neg_log_perplexity']:.4f} "
+    click.echo(f"step {step}: held-out neg. log perplexity {out['eval_neg_log_perplexity']:.4f} "
                f"nats/token over {out['eval_target_tokens']} target tokens"
                + (f"; {out['eval_fraction_dropped']:.2%} of routed tokens dropped" if "eval_fraction_dropped" in out
                   else ""))
