@@ -112,6 +112,39 @@ def test_top2_second_choices_queue_after_all_first_choices():
     np.testing.assert_array_equal(r.kept[0], [[True, True], [True, False], [True, True], [True, False]])
 
 
+@pytest.mark.parametrize("sorted_queue", [False, True])
+def test_queue_positions_literal_both_methods(monkeypatch, sorted_queue):
+    """The one-hot cumsum (few experts) and the sort (many) give the hand-worked positions."""
+    monkeypatch.setattr(routing, "SORTED_QUEUE_MIN_EXPERTS", 1 if sorted_queue else 10**9)
+    # Switch: first choices e0, e0, e1, e0, e2, e0; token 1 is padding (requests nothing, counts nothing).
+    expert = jnp.asarray([[[0], [0], [1], [0], [2], [0]]], jnp.int32)
+    routed = jnp.asarray([[[True], [False], [True], [True], [True], [True]]])
+    np.testing.assert_array_equal(routing.queue_positions(expert, routed, 3)[0, :, 0], [0, 1, 0, 1, 0, 2])
+    # top-2 (TOP2_LOGITS' choices): all first choices queue before any second choice.
+    expert = jnp.asarray([[[0, 1], [1, 0], [0, 2], [2, 0]]], jnp.int32)
+    np.testing.assert_array_equal(routing.queue_positions(expert, jnp.ones_like(expert, bool), 3)[0],
+                                  [[0, 1], [0, 2], [1, 1], [0, 3]])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_queue_positions_sort_equals_cumsum_on_random_routing(k):
+    rng = np.random.default_rng(k)
+    expert = jnp.asarray(rng.integers(0, 7, size=(3, 50, k)), jnp.int32)
+    routed = jnp.asarray(rng.random((3, 50, k)) < 0.7)
+    g, s = expert.shape[:2]
+    order = jnp.swapaxes(expert, 1, 2).reshape(g, k * s)
+    request = jnp.swapaxes(routed, 1, 2).reshape(g, k * s).astype(jnp.int32)
+    by_sort = jnp.swapaxes(routing._queue_positions_sorted(order, request).reshape(g, k, s), 1, 2)
+    np.testing.assert_array_equal(by_sort, routing.queue_positions(expert, routed, 7))  # 7 < 64: cumsum
+    # The plain count, token by token, for the routed assignments of group 0.
+    seen = np.zeros(7, int)
+    for c in range(k):
+        for t in range(s):
+            e = int(expert[0, t, c])
+            assert int(by_sort[0, t, c]) == seen[e]
+            seen[e] += int(routed[0, t, c])
+
+
 def test_top2_gates_are_renormalised():
     r = top2_route(_logits(TOP2_LOGITS), capacity=2)
     g1 = 1 / (1 + math.exp(-1))  # e^2 / (e^2 + e^1)
@@ -243,3 +276,13 @@ def test_unknown_backend_message():
         dispatch.run_experts("sort", jnp.zeros((1, 4, 3)), r, 2, _scale_by_expert)
     with pytest.raises(ValueError, match="dropless backend needs ragged_expert_fn"):
         dispatch.run_experts("dropless", jnp.zeros((1, 4, 3)), r, 2, _scale_by_expert)
+
+
+def test_expert_counts_literal():
+    # Group 0 sends tokens to e1, e1, e0 (the last one weight 0); group 1 to e2 with weights 1 and 0.5.
+    index = jnp.asarray([[1, 1, 0], [2, 2, 2]], jnp.int32)
+    weight = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.5, 0.0]])
+    np.testing.assert_array_equal(routing.expert_counts(index, weight, 3), [[0, 2, 0], [0, 0, 1.5]])
+    # [G, S, K] indices: counts over tokens and choices.
+    np.testing.assert_array_equal(routing.expert_counts(index[:, :, None].repeat(2, -1), weight[:, :, None].repeat(2, -1), 3),
+                                  [[0, 4, 0], [0, 0, 3]])

@@ -65,7 +65,7 @@ def routing_metrics(cfg: MoeConfig, r: routing.Routing, capacity: int) -> MoeMet
         balance = cfg.aux_loss_coef * r.load_balance_loss
     requested = r.routed.astype(jnp.float32)
     n_requested = jnp.maximum(jnp.sum(requested), 1.0)
-    per_expert = jnp.sum(jax.nn.one_hot(r.expert_index, r.probs.shape[-1]) * requested[..., None], axis=(0, 1, 2))
+    per_expert = jnp.sum(routing.expert_counts(r.expert_index, requested, r.probs.shape[-1]), axis=0)
     real = r.token_mask.astype(jnp.float32)
     n_real = jnp.maximum(jnp.sum(real), 1.0)
     entropy = -jnp.sum(jax.scipy.special.xlogy(r.probs, r.probs), axis=-1)

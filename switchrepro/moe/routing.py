@@ -130,6 +130,12 @@ def _token_mask(token_mask: Optional[Array], logits: Array) -> Array:
     return token_mask.astype(jnp.bool_)
 
 
+# From this many experts on, queue_positions sorts instead of taking a cumulative sum over one-hot rows:
+# the one-hot cumsum costs O(K*S*E) per group, the sort O(K*S log(K*S)). Both give the same integers; on
+# one CPU core at 16 groups x 1024 tokens the crossover is about 32 experts (128 experts, top-2: 5x faster).
+SORTED_QUEUE_MIN_EXPERTS = 64
+
+
 def queue_positions(expert_index: Array, routed: Array, num_experts: int) -> Array:
     """Slot of each assignment in its expert's queue: the count of earlier routed assignments to it.
 
@@ -140,21 +146,53 @@ def queue_positions(expert_index: Array, routed: Array, num_experts: int) -> Arr
 
     Returns:
       <int32>[G, S, K] positions. "Earlier" means choice-major order: all 1st choices of the group in
-      sequence order, then all 2nd choices, ...
+      sequence order, then all 2nd choices, ... An assignment that is not routed still gets the count of
+      routed ones before it (it is never kept, whatever its position).
     """
     g, s, k = expert_index.shape
-    order = jnp.swapaxes(expert_index, 1, 2).reshape(g, k * s)  # [G, K*S], choice-major
-    request = jnp.swapaxes(routed, 1, 2).reshape(g, k * s)
-    onehot = jax.nn.one_hot(order, num_experts, dtype=jnp.int32) * request[..., None].astype(jnp.int32)
-    earlier = jnp.cumsum(onehot, axis=1) - onehot  # exclusive cumsum: requests strictly before this one
-    position = jnp.take_along_axis(earlier, order[..., None], axis=-1)[..., 0]
+    order = jnp.swapaxes(expert_index, 1, 2).reshape(g, k * s).astype(jnp.int32)  # [G, K*S], choice-major
+    request = jnp.swapaxes(routed, 1, 2).reshape(g, k * s).astype(jnp.int32)
+    if num_experts >= SORTED_QUEUE_MIN_EXPERTS:
+        position = _queue_positions_sorted(order, request)
+    else:
+        onehot = jax.nn.one_hot(order, num_experts, dtype=jnp.int32) * request[..., None]
+        earlier = jnp.cumsum(onehot, axis=1) - onehot  # exclusive cumsum: requests strictly before this one
+        position = jnp.take_along_axis(earlier, order[..., None], axis=-1)[..., 0]
     return jnp.swapaxes(position.reshape(g, k, s), 1, 2)
+
+
+def _queue_positions_sorted(order: Array, request: Array) -> Array:
+    """queue_positions by sorting: <int32>[G, N] experts and 0/1 requests, queue order -> <int32>[G, N].
+
+    A stable sort by expert keeps queue order inside each expert's run; an assignment's position is the
+    requests before it in the sorted row minus those before its run's start."""
+    perm = jnp.argsort(order, axis=1, stable=True)
+    sorted_expert = jnp.take_along_axis(order, perm, axis=1)
+    sorted_request = jnp.take_along_axis(request, perm, axis=1)
+    before = jnp.cumsum(sorted_request, axis=1) - sorted_request
+    run_start = jax.vmap(lambda e: jnp.searchsorted(e, e, side="left"))(sorted_expert)
+    sorted_position = before - jnp.take_along_axis(before, run_start, axis=1)
+    rows = jnp.arange(order.shape[0])[:, None]
+    return jnp.zeros_like(sorted_position).at[rows, perm].set(sorted_position, unique_indices=True)
 
 
 def _mean_over_groups(per_group: Array, token_mask: Array) -> Array:
     """Mean of a <float32>[G] per-group value over the groups that hold at least one real token."""
     has_tokens = jnp.any(token_mask, axis=1).astype(jnp.float32)
     return jnp.sum(per_group * has_tokens) / jnp.maximum(jnp.sum(has_tokens), 1.0)
+
+
+def expert_counts(expert_index: Array, weight: Array, num_experts: int) -> Array:
+    """Per group, the summed weight of the tokens sent to each expert: <float32>[G, E].
+
+    Args:
+      expert_index: <int>[G, ...] chosen experts.
+      weight: <float>[G, ...] same shape; 0/1 weights give exact counts.
+    A scatter-add, O(tokens); the same sums as one_hot(expert_index, E) * weight summed over tokens,
+    without the [G, ..., E] one-hot."""
+    g = expert_index.shape[0]
+    rows = jnp.broadcast_to(jnp.arange(g).reshape((g,) + (1,) * (expert_index.ndim - 1)), expert_index.shape)
+    return jnp.zeros((g, num_experts), jnp.float32).at[rows, expert_index].add(weight.astype(jnp.float32))
 
 
 def load_balance_loss(probs: Array, top1_index: Array, token_mask: Array) -> Array:
@@ -171,7 +209,7 @@ def load_balance_loss(probs: Array, top1_index: Array, token_mask: Array) -> Arr
     num_experts = probs.shape[-1]
     m = token_mask.astype(jnp.float32)[..., None]  # [G, S, 1]
     n = jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [G, 1] real tokens per group
-    f = jnp.sum(jax.nn.one_hot(top1_index, num_experts) * m, axis=1) / n  # [G, E] fraction dispatched
+    f = expert_counts(top1_index, m[..., 0], num_experts) / n  # [G, E] fraction dispatched
     p = jnp.sum(probs * m, axis=1) / n  # [G, E] mean router probability (the differentiable part)
     return _mean_over_groups(num_experts * jnp.sum(f * p, axis=-1), token_mask)
 
