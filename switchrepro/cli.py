@@ -206,10 +206,11 @@ def config_from_dict(d: dict) -> C.ExperimentConfig:
     for k in ("encoder_sparse_layers", "decoder_sparse_layers"):
         if model.get(k) is not None:
             model[k] = tuple(model[k])
-    distill = d.get("distill")
+    distill, finetune = d.get("distill"), d.get("finetune")
     return C.ExperimentConfig(model=C.ModelConfig(**model), data=C.DataConfig(**d["data"]),
                               train=C.TrainConfig(**d["train"]),
-                              distill=C.DistillConfig(**distill) if distill is not None else None)
+                              distill=C.DistillConfig(**distill) if distill is not None else None,
+                              finetune=C.FinetuneConfig(**finetune) if finetune is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -313,8 +314,9 @@ def train(gin_files, bindings, tfds_data_dir, run_dir: Path, no_progress: bool, 
 
 
 def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, progress: bool, mesh=None,
-                      teacher=None) -> None:
-    """`train` and `distill`: lock RUN_DIR, save the configuration, train (or resume), print the result."""
+                      teacher=None, pretrained=None) -> None:
+    """`train`, `distill` and `finetune`: lock RUN_DIR, save the configuration, train (or resume), print the
+    result."""
     from switchrepro.train import trainer
     from switchrepro.train.run_lock import run_dir_lock
 
@@ -326,11 +328,19 @@ def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, pr
     try:
         prepare_run_dir(cfg, operative, run_dir)
         train_cache, eval_cache = load_caches(cfg)
+        downstream_eval = None
+        if cfg.finetune is not None:
+            from switchrepro.data import cache as data_cache
+            from switchrepro.model.t5 import Transformer
+            from switchrepro.train.finetune import DownstreamEval
+
+            downstream_eval = DownstreamEval(cfg, Transformer(cfg.model), eval_cache,
+                                             data_cache.load_texts(eval_cache.path), run_dir)
         click.echo(backend_line())
         with run_file_errors(run_dir):
             result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
                                    progress=progress, echo=click.echo, stop_after=_stop_after(), mesh=mesh,
-                                   teacher=teacher)
+                                   teacher=teacher, pretrained=pretrained, downstream_eval=downstream_eval)
     finally:
         lock.release()
     final = result.final
@@ -340,9 +350,18 @@ def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, pr
     msg = f"step {final.get('step')}: train loss {final.get('loss', float('nan')):.4f}"
     if "eval_neg_log_perplexity" in final:
         msg += f" | held-out neg. log perplexity {final['eval_neg_log_perplexity']:.4f} nats/token"
+    if "eval_score" in final:
+        msg += f" | validation score {final['eval_score']:.2f}"
     if "examples_per_sec" in final:
         msg += f" | {final['examples_per_sec']:.1f} examples/sec"
     click.echo(msg)
+    if cfg.finetune is not None:
+        from switchrepro.train.finetune import peak_score
+        from switchrepro.train.metrics_log import read_metrics
+
+        best = peak_score(read_metrics(result.metrics_path))
+        if best is not None:
+            click.echo(f"peak validation score {best['value']:.2f} at step {best['step']}")
     click.echo(f"metrics: {result.metrics_path}")
 
 
@@ -396,6 +415,63 @@ def distill(gin_files, bindings, tfds_data_dir, teacher_run: Path, run_dir: Path
         click.echo(f"note: the teacher stopped at step {teacher_step} of {teacher_cfg.train.steps}")
     _train_and_report(cfg, operative, run_dir, progress=not no_progress and cfg.train.progress,
                       teacher=(teacher_model, teacher_params))
+
+
+@main.command()
+@_config_options
+@click.option("--pretrained-run", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The pre-trained run directory (a finished `switchrepro train` or table run).")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The fine-tuning run directory. Rerun to resume.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: Path, no_progress: bool):
+    """Fine-tune the model of PRETRAINED_RUN on a downstream task: the gin files give the pre-trained model
+    (dropout rates and capacity factors may change), DataConfig.task (e.g. switchrepro_byte_sentiment) and
+    the schedule. Every evaluation decodes validation examples and scores them with T5's metrics; the run
+    reports its peak validation score."""
+    if not gin_files:
+        raise UserError("pass --gin-file with the model and the downstream task (e.g. --gin-file "
+                        "finetune/mini_sentiment.gin)")
+    from switchrepro.experiments.runner import config_hash
+    from switchrepro.train import trainer
+    from switchrepro.train.finetune import downstream_name
+
+    if not pretrained_run.is_dir():
+        raise UserError(f"--pretrained-run {pretrained_run} does not exist")
+    pre_cfg = load_run_config(pretrained_run)
+    cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    try:
+        downstream_name(cfg.data.task)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if pre_cfg.model.vocab_size != cfg.model.vocab_size:
+        raise UserError(f"the pre-trained model has {pre_cfg.model.vocab_size} vocabulary ids, the fine-tuning "
+                        f"config {cfg.model.vocab_size}; fine-tune on the variant of the task with the pre-trained "
+                        "run's vocabulary (switchrepro_byte_<task> for byte models)")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune or C.FinetuneConfig(),
+                                                                pretrained=config_hash(pre_cfg)))
+    try:
+        cfg.validate()
+    except C.ConfigError as e:
+        raise UserError(str(e)) from e
+    operative += (f"\n# fine-tuning (from the command line): pre-trained run {pretrained_run} (configuration "
+                  f"{cfg.finetune.pretrained})\n# {cfg.finetune}\n")
+    try:
+        with run_file_errors(pretrained_run):
+            _, pre_params, pre_step = trainer.restore_params(pre_cfg, pretrained_run, echo=click.echo)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from e
+    import jax
+
+    from switchrepro.model.t5 import init_params
+    from switchrepro.train.finetune import check_same_shapes
+
+    try:  # shapes only (eval_shape): a mismatch is refused before any cache is built
+        check_same_shapes(pre_params, jax.eval_shape(lambda: init_params(cfg.model, jax.random.PRNGKey(0), 2, 4, 4)[1]))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    click.echo(f"pre-trained model: {pretrained_run} at step {pre_step}")
+    _train_and_report(cfg, operative, run_dir, progress=not no_progress, pretrained=pre_params)
 
 
 @contextlib.contextmanager

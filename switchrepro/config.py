@@ -208,11 +208,30 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tune a pre-trained run on a downstream text-to-text task (paper section 4.1, Tables 4 and 5).
+
+    The task is DataConfig.task (e.g. switchrepro_byte_sentiment); the model starts from the pre-trained
+    run's latest checkpoint, named by its configuration hash as DistillConfig names a teacher. At every
+    evaluation the trainer also decodes validation examples greedily and scores them with T5's metric
+    functions; a run reports its peak validation score, as the paper does.
+    """
+
+    pretrained: str = ""  # the pre-trained run's configuration hash (switchrepro.experiments.runner.config_hash)
+    decode_examples: int = 256  # validation examples decoded and scored at each evaluation (0: all)
+
+    def validate(self) -> None:
+        _check(bool(self.pretrained), "FinetuneConfig.pretrained must name the pre-trained run's configuration hash")
+        _check(self.decode_examples >= 0, f"decode_examples must be >= 0 (0 = all), got {self.decode_examples}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     distill: Optional[DistillConfig] = None  # None: plain pre-training
+    finetune: Optional[FinetuneConfig] = None  # None: pre-training (span corruption)
 
     def validate(self) -> "ExperimentConfig":
         self.model.validate()
@@ -220,6 +239,8 @@ class ExperimentConfig:
         self.train.validate()
         if self.distill is not None:
             self.distill.validate()
+        if self.finetune is not None:
+            self.finetune.validate()
         from switchrepro.data import TASK_INFO  # light: no TensorFlow
 
         info = TASK_INFO.get(self.data.task)  # an unknown task is refused when its data is requested
@@ -233,6 +254,8 @@ class ExperimentConfig:
 
 def to_dict(cfg) -> dict:
     d = dataclasses.asdict(cfg)
-    if isinstance(cfg, ExperimentConfig) and cfg.distill is None:
-        d.pop("distill")  # as run directories saved before distillation existed
+    if isinstance(cfg, ExperimentConfig):
+        for added_later in ("distill", "finetune"):  # as run directories saved before these existed
+            if getattr(cfg, added_later) is None:
+                d.pop(added_later)
     return d

@@ -284,5 +284,5 @@ def test_expert_counts_literal():
     weight = jnp.asarray([[1.0, 1.0, 0.0], [1.0, 0.5, 0.0]])
     np.testing.assert_array_equal(routing.expert_counts(index, weight, 3), [[0, 2, 0], [0, 0, 1.5]])
     # [G, S, K] indices: counts over tokens and choices.
-    np.testing.assert_array_equal(routing.expert_counts(index[:, :, None].repeat(2, -1), weight[:, :, None].repeat(2, -1), 3),
-                                  [[0, 4, 0], [0, 0, 3]])
+    twice = lambda a: a[:, :, None].repeat(2, -1)
+    np.testing.assert_array_equal(routing.expert_counts(twice(index), twice(weight), 3), [[0, 4, 0], [0, 0, 3]])

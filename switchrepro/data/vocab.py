@@ -6,6 +6,7 @@ sentinels (<extra_id_0> = 8191, counting down) = 8192 = ModelConfig.vocab_size.
     get_vocabulary()     seqio.SentencePieceVocabulary (imports TensorFlow: tasks/materialisation only)
     load_sentencepiece() plain SentencePieceProcessor with the same 8192 ids (TF-free: training path)
     decode(sp, ids)      text before the first EOS
+    decode_ids(ids, v)   the same for either vocabulary ("spm8k" or "bytes"), TF-free
 """
 
 from __future__ import annotations
@@ -152,3 +153,17 @@ def vocab_sha256(root: Optional[Path] = None) -> str:
     if "sha256" not in entry:
         raise DataError("manifest.json has no vocab entry: run `switchrepro data build`")
     return entry["sha256"]
+
+
+def decode_ids(ids, vocabulary: str, sp: Optional[spm.SentencePieceProcessor] = None) -> str:
+    """Text of model output ids under `vocabulary` ("spm8k" or "bytes"), without TensorFlow: everything
+    before the first EOS. Bytes follow seqio.ByteVocabulary: id b + 3 is byte b; pad, unk and sentinel ids
+    are dropped and invalid UTF-8 is skipped. `sp` reuses a loaded SentencePiece model."""
+    if vocabulary == "spm8k":
+        return decode(sp or load_sentencepiece(), ids)
+    if vocabulary != "bytes":
+        raise DataError(f"unknown vocabulary {vocabulary!r}; expected 'spm8k' or 'bytes'")
+    ids = [int(i) for i in ids]
+    if EOS_ID in ids:
+        ids = ids[:ids.index(EOS_ID)]
+    return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="ignore")

@@ -52,7 +52,8 @@ class PlannedRun:
     run_dir: Path
 
 
-_ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None))
+_ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None),
+                ("", "finetune", None))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:

@@ -307,7 +307,8 @@ def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
 
 def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
           stop_after: Optional[int] = None, echo: Callable[[str], None] = print, mesh=None,
-          teacher: Optional[Tuple[Transformer, Any]] = None) -> RunResult:
+          teacher: Optional[Tuple[Transformer, Any]] = None, pretrained: Any = None,
+          downstream_eval: Optional[Callable[[Any, int], Dict[str, Any]]] = None) -> RunResult:
     """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
 
     Args:
@@ -315,6 +316,10 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
       teacher: (model, params) of the teacher when `cfg.distill` is set (see `restore_params`). A fresh
         run with `distill.init_from_teacher` starts from the teacher's non-expert weights; a resumed run
         continues from its own checkpoint.
+      pretrained: parameters of the pre-trained model when `cfg.finetune` is set (see `restore_params`): a
+        fresh run starts from them, with a fresh optimizer; a resumed run continues from its own checkpoint.
+      downstream_eval: called as downstream_eval(params, step) at every evaluation; its dict joins the
+        evaluation row (fine-tuning: decoded validation examples scored by T5's metrics).
       stop_after: stop right after this step without a final checkpoint, as if the process were killed
         there (tests kill-and-resume; the next run resumes from the last periodic checkpoint).
       mesh: a ('data', 'expert') jax Mesh (switchrepro.moe.parallel.make_mesh) for data and expert
@@ -328,6 +333,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     tc, dc = cfg.train, cfg.data
     if (cfg.distill is None) != (teacher is None):
         raise ValueError("pass the teacher (model, params) exactly when the config has a DistillConfig")
+    if (cfg.finetune is None) != (pretrained is None):
+        raise ValueError("pass the pre-trained params exactly when the config has a FinetuneConfig")
     run_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, state, step_key, place = _initial_state_and_placement(cfg, mesh)
     params = state.params
@@ -335,6 +342,13 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     state = ckpt.restore_latest(state, echo=echo, set_aside=True)
     start = int(state.step)
     transfer = None
+    if start == 0 and pretrained is not None:
+        from switchrepro.train.finetune import check_same_shapes
+
+        check_same_shapes(pretrained, state.params)
+        params = jax.tree_util.tree_map(jnp.copy, pretrained)  # the step donates the state, never the caller's arrays
+        state = TrainState(step=state.step, params=params, opt_state=optimizer.init(params))
+        echo(f"fine-tuning from the pre-trained run {cfg.finetune.pretrained}")
     if start == 0 and cfg.distill is not None and cfg.distill.init_from_teacher:
         params, transfer = distill_lib.transfer_non_expert(teacher[1], state.params)
         params = jax.tree_util.tree_map(jnp.copy, params)  # the step donates the state, never the teacher's arrays
@@ -360,9 +374,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     if start == 0:
         log.write({"step": 0, "event": "start", "params": n_params, "epochs": epochs, **flops,
                    "train_examples": train_cache.num_examples, "host": host,
-                   **({"init_from_teacher": {"copied": len(transfer.copied),
-                                             "not_copied": len(transfer.expert_or_router) + len(transfer.shape_mismatch)}}
-                      if transfer is not None else {})})
+                   **({"init_from_teacher": {
+                       "copied": len(transfer.copied),
+                       "not_copied": len(transfer.expert_or_router) + len(transfer.shape_mismatch)}}
+                      if transfer is not None else {}),
+                   **({"finetuned_from": cfg.finetune.pretrained} if cfg.finetune is not None else {})})
 
     if cfg.distill is None:
         train_step = make_train_step(model, optimizer, tc, place)
@@ -398,6 +414,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
                 row["diverged"] = True
             if do_eval and diverged_at is None:
                 row.update(evaluate(eval_step, state.params, eval_batches(), place_batch))
+                if downstream_eval is not None:
+                    row.update(downstream_eval(state.params, step))
             log.write(row)
             final = row
             bar.set_postfix(loss=f"{m['loss']:.3f}", **({"eval": f"{row['eval_neg_log_perplexity']:.3f}"}
@@ -422,8 +440,14 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         log.write({"step": diverged_at, "event": "diverged"})
     elif int(state.step) == tc.steps and not any(r.get("event") == "done" for r in rows):
         # (also when a crash tore the "done" line itself: the resumed run starts at the last step)
+        peak = {}
+        if cfg.finetune is not None:  # the paper reports a fine-tuning run's best validation score
+            from switchrepro.train.finetune import peak_score
+
+            best = peak_score(rows)
+            peak = {"peak_eval_score": best["value"], "peak_step": best["step"]} if best else {}
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
-                                                          and k != "eval_moe_layers"}})
+                                                          and k != "eval_moe_layers"}, **peak})
     return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
 
 
