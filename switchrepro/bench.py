@@ -17,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable, List, Tuple
+from typing import TYPE_CHECKING, Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from switchrepro.config import ExperimentConfig, ModelConfig, MoeConfig, TrainConfig
 from switchrepro.model.t5 import DenseFeedForward, count_params, init_params

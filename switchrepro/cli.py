@@ -121,7 +121,7 @@ def _gin():
     import gin
 
     if not getattr(_gin, "registered", False):
-        for cls in (C.MoeConfig, C.ModelConfig, C.DataConfig, C.TrainConfig):
+        for cls in (C.MoeConfig, C.ModelConfig, C.DataConfig, C.TrainConfig, C.FinetuneConfig):
             _gin.__dict__[cls.__name__] = gin.external_configurable(cls, name=cls.__name__)
         _gin.registered = True
     return gin
@@ -448,8 +448,11 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
         raise UserError(f"the pre-trained model has {pre_cfg.model.vocab_size} vocabulary ids, the fine-tuning "
                         f"config {cfg.model.vocab_size}; fine-tune on the variant of the task with the pre-trained "
                         "run's vocabulary (switchrepro_byte_<task> for byte models)")
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune or C.FinetuneConfig(),
-                                                                pretrained=config_hash(pre_cfg)))
+    try:  # FinetuneConfig's own bindings (e.g. FinetuneConfig.decode_examples) from the files just parsed
+        settings = _plain(_gin.FinetuneConfig())
+    except (ValueError, TypeError) as e:
+        raise UserError(f"gin: {str(e).splitlines()[0]}") from e
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(settings, pretrained=config_hash(pre_cfg)))
     try:
         cfg.validate()
     except C.ConfigError as e:

@@ -226,7 +226,8 @@ def test_bench_table_save_times_every_row_in_rounds_and_run_uses_it(tmp_path):
 
 # The teacher's shapes, dense: TINY without its gin file and its MoeConfig binding.
 STUDENT = ["--gin-file", "models/tiny_dense.gin"] + [
-    a for i, a in enumerate(TINY) if i >= 2 and "MoeConfig" not in a and "MoeConfig" not in (TINY[i + 1:i + 2] or [""])[0]]
+    a for i, a in enumerate(TINY)
+    if i >= 2 and "MoeConfig" not in a and "MoeConfig" not in (TINY[i + 1:i + 2] or [""])[0]]
 
 
 def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_root, tmp_path):
@@ -263,7 +264,8 @@ def test_distill_bad_teacher_is_one_line_and_exit_2(trained, cache_root, tmp_pat
         shutil.copy(teacher_dir / "config.json", bare / "config.json")
         teacher, expect = bare, "no checkpoint in"
     elif case == "other task":
-        student += ["--gin", "DataConfig.task = 'switchrepro_byte_span_corruption'", "--gin", "ModelConfig.vocab_size = 384"]
+        student += ["--gin", "DataConfig.task = 'switchrepro_byte_span_corruption'",
+                    "--gin", "ModelConfig.vocab_size = 384"]
         teacher, expect = teacher_dir, "teacher and student must share the task and vocabulary"
     else:
         teacher, expect = tmp_path / "nowhere", "does not exist"
@@ -273,3 +275,67 @@ def test_distill_bad_teacher_is_one_line_and_exit_2(trained, cache_root, tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], result.output
     assert not (tmp_path / "s").exists()
+
+
+# Fine-tuning the `trained` model (TINY, spm8k) on the offline sentiment task.
+FINETUNE = [*TINY[:-8], "--gin", "DataConfig.task = 'switchrepro_sentiment'",
+            "--gin", "DataConfig.max_train_examples = 256", "--gin", "TrainConfig.steps = 4",
+            "--gin", "TrainConfig.eval_every = 2", "--gin", "TrainConfig.log_every = 2",
+            "--gin", "TrainConfig.checkpoint_every = 2", "--gin", "ModelConfig.dropout_rate = 0.1",
+            "--gin", "MoeConfig.expert_dropout = 0.4", "--gin", "FinetuneConfig.decode_examples = 16"]
+
+
+def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_path):
+    from switchrepro.cli import load_run_config
+    from switchrepro.experiments.runner import config_hash
+
+    pre_dir, _ = trained
+    run_dir = tmp_path / "ft"
+    args = ["finetune", *FINETUNE, *_cache(cache_root), "--pretrained-run", str(pre_dir), "--run-dir", str(run_dir),
+            "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning from the pre-trained run" in result.output and "peak validation score" in result.output
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["finetune"]["pretrained"] == config_hash(load_run_config(pre_dir))
+    assert saved["model"]["dropout_rate"] == 0.1 and saved["model"]["moe"]["expert_dropout"] == 0.4
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_score" in r and "event" not in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 <= r["eval_accuracy"] <= 100 and r["eval_score"] == r["eval_accuracy"] for r in evals)
+    assert all(r["eval_decoded_examples"] == 16 for r in evals)
+    done = rows[-1]
+    assert done["event"] == "done" and done["peak_eval_score"] == max(r["eval_score"] for r in evals)
+    preds = [json.loads(line) for line in (run_dir / "predictions" / "step_4.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and all(p["target"] in ("positive", "negative") for p in preds)
+    # the logged accuracy is the share of predictions equal to their target
+    assert evals[-1]["eval_accuracy"] == pytest.approx(100 * sum(p["prediction"] == p["target"] for p in preds) / 16,
+                                                       abs=0.01)
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "pre-training task", "unknown task", "other shape", "missing"])
+def test_finetune_bad_input_is_one_line_and_exit_2(trained, cache_root, tmp_path, case):
+    pre_dir, _ = trained
+    args, pre = [*FINETUNE, *_cache(cache_root)], pre_dir
+    if case == "no checkpoint":
+        pre = tmp_path / "bare"
+        pre.mkdir()
+        shutil.copy(pre_dir / "config.json", pre / "config.json")
+        expect = "no checkpoint in"
+    elif case == "pre-training task":
+        args += ["--gin", "DataConfig.task = 'switchrepro_span_corruption'"]
+        expect = "is not a downstream (text-to-text) task"
+    elif case == "unknown task":
+        args += ["--gin", "DataConfig.task = 'nope'"]
+        expect = "is not a downstream (text-to-text) task"
+    elif case == "other shape":
+        args += ["--gin", "ModelConfig.d_ff = 96"]
+        expect = "in the pre-trained model but"
+    else:
+        pre, expect = tmp_path / "nowhere", "does not exist"
+    result = CliRunner().invoke(main, ["finetune", *args, "--pretrained-run", str(pre), "--run-dir",
+                                       str(tmp_path / "f"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], result.output
+    assert not (tmp_path / "f").exists()

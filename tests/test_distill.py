@@ -134,10 +134,10 @@ def test_distillation_step_at_teacher_weight_zero_is_the_plain_step():
     zero, zero_m = distilled(0.0)
     np.testing.assert_allclose(float(zero_m["loss"]), float(plain_m["loss"]), rtol=1e-6)
     np.testing.assert_allclose(float(zero_m["distillation_loss"]), float(plain_m["cross_entropy"]), rtol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(zero.params), jax.tree_util.tree_leaves(plain.params)):
+    for a, b in zip(jax.tree_util.tree_leaves(zero.params), jax.tree_util.tree_leaves(plain.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     soft, soft_m = distilled(1.0)
     assert float(soft_m["cross_entropy"]) == pytest.approx(float(plain_m["cross_entropy"]), rel=1e-6)  # same forward
     assert float(soft_m["distillation_loss"]) != pytest.approx(float(plain_m["cross_entropy"]), rel=1e-3)
     assert not all(np.allclose(np.asarray(a), np.asarray(b)) for a, b in
-                   zip(jax.tree_util.tree_leaves(soft.params), jax.tree_util.tree_leaves(plain.params)))
+                   zip(jax.tree_util.tree_leaves(soft.params), jax.tree_util.tree_leaves(plain.params), strict=True))

@@ -73,7 +73,7 @@ def test_peak_score_takes_the_best_evaluation_earliest_on_ties():
 
 def test_primary_metric():
     assert finetune.primary_metric(("accuracy",)) == "accuracy"
-    assert finetune.primary_metric(("em", "f1")) == "f1"
+    assert finetune.primary_metric(("em", "f1")) == "em"  # the paper reports exact match for QA
     with pytest.raises(ValueError):
         finetune.primary_metric(())
 
@@ -146,3 +146,12 @@ def test_trainer_starts_from_the_pretrained_params_and_logs_the_peak(tiny_experi
     _, other = init_params(dataclasses.replace(cfg.model, d_ff=96), jax.random.PRNGKey(0), 4, 4)
     with pytest.raises(ValueError, match="in the pre-trained model but"):
         trainer.train(cfg, tmp_path / "y", pretrained=other, echo=lambda s: None, **caches)
+
+
+def test_downstream_name_maps_seqio_tasks_to_the_scorer_names():
+    assert finetune.downstream_name("switchrepro_byte_sentiment") == "sentiment"
+    assert finetune.downstream_name("switchrepro_cloze_qa") == "cloze_qa"
+    assert finetune.downstream_name("switchrepro_glue_sst2") == "glue_sst2"
+    for bad in ("switchrepro_span_corruption", "nope"):
+        with pytest.raises(ValueError, match="is not a downstream"):
+            finetune.downstream_name(bad)

@@ -6,6 +6,8 @@ Layout (top to bottom):
   vocab.py    SentencePiece model with T5 id conventions (trained by build.py)
   corpus.py   TF-free reading of the embedded shards and manifest
   verify.py   re-hash the committed artefacts (`python -m switchrepro.data.verify`)
+  downstream.py  offline fine-tuning tasks (sentiment, spam, cloze_qa, wordnet_qa): builders of the
+              embedded files under embedded/downstream/ and T5's metrics (scored in a subprocess)
   tasks.py    seqio tasks (the only module, with cache materialisation, that imports TF)
   cache.py    packed numpy arrays materialised once in a subprocess; TF-free loader
 
@@ -34,14 +36,25 @@ BYTE_EXTRA_IDS = 125  # 3 specials + 256 bytes + 125 sentinels = 384 ids (a mult
 class TaskInfo:
     """What a task's examples look like, known without importing TensorFlow.
 
-    vocabulary: "spm8k" (the embedded SentencePiece model, 8192 ids) or "bytes" (seqio.ByteVocabulary,
-    ByT5's ids: pad 0, eos 1, unk 2, byte b at b + 3, sentinels counting down from vocab_size - 1).
+    Attributes:
+      vocabulary: "spm8k" (the embedded SentencePiece model, 8192 ids) or "bytes" (seqio.ByteVocabulary,
+        ByT5's ids: pad 0, eos 1, unk 2, byte b at b + 3, sentinels counting down from vocab_size - 1).
+      vocab_size: ids of that vocabulary (ModelConfig.vocab_size must equal it).
+      noise_density, mean_noise_span_length: span-corruption settings (0 for text-to-text tasks).
+      kind: "span_corruption" (pre-training) or "text2text" (a fine-tuning task: {"inputs", "targets"}
+        strings, scored by decoding).
+      metrics: keys of the scores switchrepro.data.downstream.score returns for the task, e.g.
+        ("accuracy",) or ("em", "f1"); () for span corruption.
+      tfds_name: the TFDS dataset a benchmark task reads ("glue/sst2:2.0.0"); None for embedded data.
     """
 
     vocabulary: str
     vocab_size: int
     noise_density: float
     mean_noise_span_length: float
+    kind: str = "span_corruption"
+    metrics: tuple = ()
+    tfds_name: Optional[str] = None
 
 
 TASK_INFO = {
@@ -54,6 +67,73 @@ TASK_INFO = {
     BYTE_SPAN20_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0),
     C4_TASK: TaskInfo("spm8k", 8192, 0.15, 3.0),
 }
+
+# Offline fine-tuning tasks (embedded/downstream/<task>/{train,validation}.jsonl.gz, built by downstream.py):
+# sentiment is the SST-2 stand-in, spam a document classification, cloze_qa SQuAD-format extractive QA and
+# wordnet_qa closed-book QA in TriviaQA's role.
+DOWNSTREAM_TASKS = ("sentiment", "spam", "cloze_qa", "wordnet_qa")
+DOWNSTREAM_METRICS = {
+    "sentiment": ("accuracy",),
+    "spam": ("accuracy",),
+    "cloze_qa": ("em", "f1"),
+    "wordnet_qa": ("em", "f1"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A real fine-tuning benchmark read through TFDS (the user prepares it; nothing is downloaded here).
+
+    Attributes:
+      tfds_name: "name[/config]:version" as seqio.TfdsDataSource takes it.
+      metrics: keys of the scores (T5's metric functions for the task).
+      validation_split: the TFDS split served as "validation" (MNLI has two).
+      prepare: extra preparation advice for the error message (XSum needs a manual download).
+    """
+
+    tfds_name: str
+    metrics: tuple
+    validation_split: str = "validation"
+    prepare: str = ""
+
+
+_ACC = ("accuracy",)
+_ROUGE = ("rouge2", "rouge1", "rougeLsum")  # the paper reports Rouge-2 for CNNDM and XSum
+# Versions: T5's task registry's where the installed TFDS still builds them by default (GLUE moved to 2.0.0).
+BENCHMARKS = {
+    "glue_cola": Benchmark("glue/cola:2.0.0", ("matthews_corrcoef",)),
+    "glue_sst2": Benchmark("glue/sst2:2.0.0", _ACC),
+    "glue_mrpc": Benchmark("glue/mrpc:2.0.0", ("f1", "accuracy")),
+    "glue_qqp": Benchmark("glue/qqp:2.0.0", ("f1", "accuracy")),
+    "glue_stsb": Benchmark("glue/stsb:2.0.0", ("pearson_corrcoef", "spearman_corrcoef")),
+    "glue_mnli": Benchmark("glue/mnli:2.0.0", _ACC, validation_split="validation_matched"),
+    "glue_mnli_mismatched": Benchmark("glue/mnli:2.0.0", _ACC, validation_split="validation_mismatched"),
+    "glue_qnli": Benchmark("glue/qnli:2.0.0", _ACC),
+    "glue_rte": Benchmark("glue/rte:2.0.0", _ACC),
+    "glue_wnli": Benchmark("glue/wnli:2.0.0", _ACC),
+    "super_glue_boolq": Benchmark("super_glue/boolq:1.0.2", _ACC),
+    "super_glue_cb": Benchmark("super_glue/cb:1.0.2", ("mean_3class_f1", "accuracy")),
+    "super_glue_copa": Benchmark("super_glue/copa:1.0.2", _ACC),
+    "super_glue_rte": Benchmark("super_glue/rte:1.0.2", _ACC),
+    "super_glue_wic": Benchmark("super_glue/wic:1.0.2", _ACC),
+    "squad": Benchmark("squad/v1.1:3.0.0", ("em", "f1")),
+    # Closed-book, as the paper's "CB Trivia QA": the question alone, no evidence documents.
+    "trivia_qa": Benchmark("trivia_qa/unfiltered.nocontext:1.1.0", ("em", "f1")),
+    "cnn_dailymail": Benchmark("cnn_dailymail:3.4.0", _ROUGE),
+    "xsum": Benchmark("xsum:1.1.0", _ROUGE,
+                      prepare="XSum needs a manual download first: put the files `tfds build xsum` asks for in "
+                              "DIR/downloads/manual"),
+}
+BENCHMARK_TASKS = tuple(BENCHMARKS)
+
+_BYTE_VOCAB_SIZE = 3 + 256 + BYTE_EXTRA_IDS
+for _name in DOWNSTREAM_TASKS + BENCHMARK_TASKS:
+    _metrics = DOWNSTREAM_METRICS[_name] if _name in DOWNSTREAM_METRICS else BENCHMARKS[_name].metrics
+    _tfds = BENCHMARKS[_name].tfds_name if _name in BENCHMARKS else None
+    TASK_INFO[f"switchrepro_{_name}"] = TaskInfo("spm8k", 8192, 0.0, 0.0, "text2text", _metrics, _tfds)
+    TASK_INFO[f"switchrepro_byte_{_name}"] = TaskInfo("bytes", _BYTE_VOCAB_SIZE, 0.0, 0.0, "text2text", _metrics,
+                                                      _tfds)
+del _name, _metrics, _tfds
 TASKS = tuple(TASK_INFO)
 
 
@@ -65,6 +145,25 @@ def task_info(task: str) -> TaskInfo:
     if task not in TASK_INFO:
         raise DataError(f"unknown task {task!r}; choose one of {TASKS}")
     return TASK_INFO[task]
+
+
+def downstream_task_name(task: str, vocabulary: str) -> str:
+    """The seqio task of a fine-tuning task in a vocabulary: ("sentiment", "bytes") -> "switchrepro_byte_sentiment",
+    ("sentiment", "spm8k") -> "switchrepro_sentiment"; TFDS benchmarks likewise ("glue_sst2", ...)."""
+    if task not in DOWNSTREAM_TASKS + BENCHMARK_TASKS:
+        raise DataError(f"unknown downstream task {task!r}; choose one of {', '.join(DOWNSTREAM_TASKS)} (offline) "
+                        f"or a TFDS benchmark: {', '.join(BENCHMARK_TASKS)}")
+    if vocabulary not in ("spm8k", "bytes"):
+        raise DataError(f"unknown vocabulary {vocabulary!r}; choose 'spm8k' or 'bytes'")
+    return f"switchrepro_{task}" if vocabulary == "spm8k" else f"switchrepro_byte_{task}"
+
+
+def benchmark_of(task: str) -> Optional[str]:
+    """The BENCHMARKS name behind a task name (short or switchrepro_[byte_] form); None for other tasks."""
+    for prefix in ("switchrepro_byte_", "switchrepro_", ""):
+        if task.startswith(prefix) and task[len(prefix):] in BENCHMARKS:
+            return task[len(prefix):]
+    return None
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -86,6 +185,36 @@ def require_c4(tfds_data_dir: Optional[str]) -> Path:
     if not tfds_data_dir:
         raise DataError(f"no tfds_data_dir given. {how}")
     version_dir = Path(tfds_data_dir).expanduser() / "c4" / "en" / "3.1.0"
+    if not (version_dir / "dataset_info.json").is_file():
+        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
+    return Path(tfds_data_dir).expanduser()
+
+
+def tfds_dir_of(tfds_name: str) -> Path:
+    """Relative directory TFDS prepares a dataset in: "glue/sst2:2.0.0" -> glue/sst2/2.0.0."""
+    name, version = tfds_name.split(":")
+    return Path(*name.split("/"), version)
+
+
+def require_benchmark(task: str, tfds_data_dir: Optional[str]) -> Path:
+    """Return the TFDS data dir if it holds the benchmark behind `task`, else raise DataError (one line)
+    saying what to prepare."""
+    name = benchmark_of(task)
+    if name is None:
+        raise DataError(f"{task!r} is not a TFDS benchmark; choose one of {', '.join(BENCHMARK_TASKS)}")
+    bench = BENCHMARKS[name]
+    rel = tfds_dir_of(bench.tfds_name)
+    how = (
+        f"The benchmark {name!r} reads TFDS {bench.tfds_name!r} and needs a prepared copy: pass "
+        "DataConfig.tfds_data_dir (or --tfds-data-dir) pointing at a directory that contains "
+        f"{rel.as_posix()}/ (dataset_info.json and the tfrecord shards), e.g. one prepared with "
+        f"`tfds build {bench.tfds_name} --data_dir DIR` on a machine that can reach the raw files"
+        + (f" ({bench.prepare})" if bench.prepare else "")
+        + f". Use one of the offline tasks {', '.join(DOWNSTREAM_TASKS)} to fine-tune without downloads."
+    )
+    if not tfds_data_dir:
+        raise DataError(f"no tfds_data_dir given. {how}")
+    version_dir = Path(tfds_data_dir).expanduser() / rel
     if not (version_dir / "dataset_info.json").is_file():
         raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
     return Path(tfds_data_dir).expanduser()

@@ -3,8 +3,9 @@
 Every step is a pure function of the pinned tarballs and the settings below, so a rebuild
 gives byte-identical shards (gzip mtime 0, no file name in the header) and manifest.
 
-    build_all()                      fetch + corpus + vocabulary (what `switchrepro data build` runs)
+    build_all()                      fetch + corpus + vocabulary + downstream tasks (`switchrepro data build`)
     build_corpus(raw_dir, out_dir)   shards + manifest.json from already fetched tarballs
+    downstream.build_downstream()    the fine-tuning tasks alone (`python -m switchrepro.data.downstream build`)
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def write_manifest(manifest: dict, out_dir: Optional[Path] = None) -> Path:
 
 
 def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, log=print) -> dict:
-    """Fetch the pinned tarballs, build the corpus shards, train the vocabulary; return the manifest.
+    """Fetch the pinned tarballs, build the corpus shards, train the vocabulary, then build the downstream
+    (fine-tuning) tasks from the new corpus and their own pins; return the corpus manifest.
 
     raw_dir defaults to <cache root>/raw (outside the repo); out_dir to switchrepro/data/embedded.
     """
@@ -196,6 +198,10 @@ def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, lo
     log("  counting tokens")
     vocab.add_token_counts(manifest, out_dir)
     write_manifest(manifest, out_dir)
+    # After the corpus manifest is final: spam and cloze_qa are cut from the corpus and record its sha256.
+    from switchrepro.data import downstream
+
+    downstream.build_downstream(raw_dir, out_dir, log=log)
     log(f"done in {time.time() - t0:.0f}s: {out_dir}")
     return manifest
 

@@ -3,12 +3,16 @@
 A task split is materialised once, in a subprocess (`python -m switchrepro.data.cache`), through
 seqio.get_dataset(..., EncDecFeatureConverter(pack=True), shuffle=False, fixed seed), and
 stored as one .npy per model feature plus meta.json. Two materialisations give byte-identical
-arrays. The training process only memory-maps the arrays:
+arrays. The validation split of a text-to-text (fine-tuning) task is different: unpacked, one example
+per row in file order, none dropped (seqio trims what is too long; meta.json counts them), and its
+original texts are written beside the arrays as texts.jsonl, so predictions can be scored as strings.
+The training process only memory-maps the arrays:
 
     path = ensure_cache(task, split, inputs_length, targets_length, max_examples, cache_dir, tfds_data_dir)
     cache = load(path)                                  # or: cache_for_config(data_cfg, split)
     batch = train_batch(cache, step, batch_size, seed)  # exact resume: a pure function of (step, seed)
     for batch, n_real in eval_batches(cache, batch_size, max_examples): ...
+    texts = load_texts(path)          # text-to-text validation: [{"inputs", "targets"}] in row order
 
 All batches are dicts of int32 arrays [batch, length] with the eight features in FEATURES.
 """
@@ -28,16 +32,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from switchrepro.data import (
     C4_TASK,
+    DOWNSTREAM_TASKS,
     SPAN_CORRUPTION_TASK,
     TASKS,
     DataError,
+    benchmark_of,
     cache_root,
+    require_benchmark,
     require_c4,
     task_info,
 )
@@ -50,6 +57,8 @@ DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_lo
                     "decoder_segment_ids", "decoder_positions")
 FEATURES = ENCODER_FEATURES + DECODER_FEATURES
 META = "meta.json"
+TEXTS = "texts.jsonl"
+TEXTS_FORMAT = 1  # of texts.jsonl and the unpacked validation arrays (part of a text-to-text cache's key)
 
 
 # --------------------------------------------------------------------------- where a cache lives
@@ -67,8 +76,34 @@ def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
         "noise_density": info.noise_density, "mean_noise_span_length": info.mean_noise_span_length,
         "corpus_manifest_sha256": manifest_sha256(),
     }
+    if info.kind == "text2text":  # added only for these, so the span-corruption caches keep their keys
+        ident.update({"kind": info.kind, "packed": is_packed(task, split), "texts_format": TEXTS_FORMAT,
+                      "source": _source_identity(task, split)})
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return f"{task}/{split}/{inputs_length}x{targets_length}-{max_examples or 'all'}-{digest}"
+
+
+def is_packed(task: str, split: str) -> bool:
+    """Training rows are packed; a text-to-text task's validation rows hold one example each."""
+    return not (task_info(task).kind == "text2text" and split == "validation")
+
+
+def downstream_short_name(task: str) -> Optional[str]:
+    """"sentiment" for switchrepro_sentiment / switchrepro_byte_sentiment; None for other tasks."""
+    for prefix in ("switchrepro_byte_", "switchrepro_"):
+        if task.startswith(prefix) and task[len(prefix):] in DOWNSTREAM_TASKS:
+            return task[len(prefix):]
+    return None
+
+
+def _source_identity(task: str, split: str) -> str:
+    """What a text-to-text task's split is made of: the embedded file's sha256, or the TFDS dataset."""
+    short = downstream_short_name(task)
+    if short is not None:
+        from switchrepro.data.downstream import file_entry
+
+        return f"embedded:{file_entry(short, split)['sha256']}"
+    return f"tfds:{task_info(task).tfds_name}:{benchmark_of(task)}"
 
 
 def _vocabulary_identity(info) -> str:
@@ -107,7 +142,7 @@ def _check_request(task: str, split: str, inputs_length: int, targets_length: in
     if inputs_length < 8 or targets_length < 4:
         raise DataError(f"feature lengths the data cannot fill: inputs_length={inputs_length} (need >= 8), "
                         f"targets_length={targets_length} (need >= 4)")
-    span_targets = span_corruption_lengths(inputs_length, task)[1]
+    span_targets = span_corruption_lengths(inputs_length, task)[1] if task_info(task).kind == "span_corruption" else 0
     if targets_length < span_targets:
         raise DataError(f"feature lengths the data cannot fill: span corruption with inputs_length="
                         f"{inputs_length} makes targets of {span_targets} tokens, so targets_length="
@@ -128,6 +163,8 @@ def ensure_cache(task: str, split: str, inputs_length: int, targets_length: int,
     _check_request(task, split, inputs_length, targets_length, max_examples)
     if task == C4_TASK:
         require_c4(tfds_data_dir)
+    if benchmark_of(task) is not None:
+        require_benchmark(task, tfds_data_dir)  # one line saying what to prepare, before any subprocess
     path = cache_root(cache_dir) / cache_key(task, split, inputs_length, targets_length, max_examples)
     if (path / META).is_file():
         return path
@@ -161,14 +198,19 @@ _TF_LOG_NOISE = re.compile(rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]|WARNING:
                            rb"absl::InitializeLog\(\) is called)")
 
 
-def _run_teeing_stderr(cmd) -> Tuple[int, str]:
-    """Run cmd, passing its stderr (the progress bar) through; return (exit code, stderr tail)."""
+def subprocess_env() -> Dict[str, str]:
+    """Environment of the TensorFlow subprocesses (materialisation, scoring)."""
     # CPU only: the data pipeline must not take accelerator memory from the training process.
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     repo = str(Path(__file__).resolve().parents[2])  # works without an installed package too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
+    return env
+
+
+def _run_teeing_stderr(cmd) -> Tuple[int, str]:
+    """Run cmd, passing its stderr (the progress bar) through; return (exit code, stderr tail)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=subprocess_env())
     tail, pending = b"", b""
 
     def show(piece: bytes) -> None:
@@ -214,26 +256,47 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     _check_request(task, split, inputs_length, targets_length, max_examples)
     t0 = time.time()
     lengths = {"inputs": int(inputs_length), "targets": int(targets_length)}
-    raw_tokens, span_targets = span_corruption_lengths(inputs_length, task)
     info = task_info(task)
+    raw_tokens, span_targets = (span_corruption_lengths(inputs_length, task) if info.kind == "span_corruption"
+                                else (None, None))
+    packed = is_packed(task, split)
     seq_task = tasks.get_task(task, tfds_data_dir)
-    ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
-                           dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
-                           use_cached=False, verbose=False)
+    texts, truncated = None, None
+    if packed:
+        ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
+                               dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
+                               use_cached=False, verbose=False)
+    else:
+        # seqio.get_dataset's two steps, unpacked; a second, untrimmed pass over the same examples (no shuffle:
+        # same order) gives the original texts and how many examples the trimming shortens.
+        ds = seqio.EncDecFeatureConverter(pack=False)(
+            seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False, seed=SEED, num_epochs=1),
+            task_feature_lengths=lengths)
+        untrimmed = seq_task.get_dataset(None, split=split, use_cached=False, shuffle=False, seed=SEED,
+                                         num_epochs=1, trim_output_features=False)
+        if max_examples is not None:
+            untrimmed = untrimmed.take(max_examples)
+        texts, truncated = _texts_and_truncation(untrimmed, lengths)
     if max_examples is not None:
         ds = ds.take(max_examples)
 
     rows: Dict[str, list] = {k: [] for k in FEATURES}
-    total = max_examples or _estimate_examples(split, raw_tokens, info.vocabulary)
+    total = max_examples or (len(texts) if texts is not None else
+                             _estimate_examples(split, raw_tokens, info.vocabulary, task))
     with tqdm(total=total, unit="ex", desc=f"{task}/{split} {inputs_length}/{targets_length}",
               disable=not progress, mininterval=1.0) as bar:
         for ex in ds.as_numpy_iterator():
+            if not packed:
+                ex = _single_segment(ex)
             for k in FEATURES:
                 rows[k].append(ex[k])
             bar.update()
         bar.total = bar.n
         bar.refresh()
     n = len(rows[FEATURES[0]])
+    if texts is not None and len(texts) != n:
+        raise DataError(f"{task}/{split}: {n} unpacked rows but {len(texts)} texts; the two passes over the "
+                        "task disagree (is its source deterministic?)")
     if n == 0:
         raise DataError(f"feature lengths the data cannot fill: {task}/{split} gave 0 packed examples "
                         f"at inputs_length={inputs_length}, targets_length={targets_length}")
@@ -259,18 +322,55 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         "tokens": {"inputs": int((rows["encoder_input_tokens"] != 0).sum()),
                    "targets": int((rows["decoder_target_tokens"] != 0).sum())},
         "vocabulary": info.vocabulary, "vocab_size": info.vocab_size,
-        "span_corruption": {"noise_density": info.noise_density,
-                            "mean_noise_span_length": info.mean_noise_span_length,
-                            "raw_tokens_per_example": raw_tokens, "targets_per_example": span_targets},
+        **({"span_corruption": {"noise_density": info.noise_density,
+                                "mean_noise_span_length": info.mean_noise_span_length,
+                                "raw_tokens_per_example": raw_tokens, "targets_per_example": span_targets}}
+           if info.kind == "span_corruption" else {}),
         "dtypes": dtypes,
         "key": cache_key(task, split, inputs_length, targets_length, max_examples),
         "seconds": round(time.time() - t0, 2),
     }
+    if info.kind == "text2text":
+        meta["text2text"] = {"packed": packed, "metrics": list(info.metrics)}
+        if texts is not None:
+            # seqio keeps the first length - 1 tokens and the EOS of a longer example
+            meta["text2text"].update(examples=len(texts), truncated=truncated, texts=TEXTS)
+            with (out_dir / TEXTS).open("w", encoding="utf-8") as f:
+                for t in texts:
+                    f.write(json.dumps(t, ensure_ascii=False) + "\n")
     (out_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _estimate_examples(split: str, raw_tokens_per_example: int, vocabulary: str) -> Optional[int]:
+def _texts_and_truncation(untrimmed, lengths: Dict[str, int]) -> Tuple[list, Dict[str, int]]:
+    """Original texts ({"inputs", "targets"}, plus "answers" where a task has several) of an untrimmed
+    task dataset, and how many examples are longer (EOS included) than each feature length."""
+    texts, truncated = [], {"inputs": 0, "targets": 0}
+    for ex in untrimmed.as_numpy_iterator():
+        t = {k: ex[f"{k}_pretokenized"].decode("utf-8") for k in ("inputs", "targets")}
+        if "answers" in ex:
+            t["answers"] = [a.decode("utf-8") for a in ex["answers"]]
+        texts.append(t)
+        for k in truncated:
+            truncated[k] += int(len(ex[k]) > lengths[k])
+    return texts, truncated
+
+
+def _single_segment(ex: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """An unpacked example with the packed layout's segment ids and positions (one segment: 1 on tokens, 0 on
+    padding; the model's defaults for rows without them), so every cache has the same eight features."""
+    ex = dict(ex)
+    for prefix, tokens in (("encoder", "encoder_input_tokens"), ("decoder", "decoder_target_tokens")):
+        seg = (np.asarray(ex[tokens]) > 0).astype(np.int32)
+        ex[f"{prefix}_segment_ids"] = seg
+        ex[f"{prefix}_positions"] = (np.arange(seg.shape[0], dtype=np.int32) * seg).astype(np.int32)
+    return ex
+
+
+def _estimate_examples(split: str, raw_tokens_per_example: int, vocabulary: str,
+                       task: Optional[str] = None) -> Optional[int]:
+    if task is not None and task_info(task).kind == "text2text":
+        return None  # packed rows of a fine-tuning task: unknown until packed
     try:
         from switchrepro.data.corpus import load_manifest
         unit = "chars" if vocabulary == "bytes" else "tokens"  # chars: bytes of mostly-ASCII text
@@ -305,6 +405,16 @@ def load(path: Path) -> Cache:
             raise DataError(f"{path / (k + '.npy')} has shape {a.shape}, expected "
                             f"({meta['num_examples']}, {length}); delete {path} to rebuild it")
     return Cache(path, meta, arrays)
+
+
+def load_texts(path: Path) -> List[dict]:
+    """texts.jsonl of a text-to-text validation cache: [{"inputs", "targets"}] aligned with its rows."""
+    path = Path(path)
+    if not (path / TEXTS).is_file():
+        raise DataError(f"{path} has no {TEXTS}: only the validation split of a text-to-text task keeps its texts "
+                        f"(delete {path} to rebuild it if it is one)")
+    with (path / TEXTS).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
 
 
 def cache_for_config(data_cfg, split: str) -> Cache:

@@ -1,32 +1,45 @@
-"""seqio tasks: T5 span corruption on the embedded corpus (SentencePiece or bytes), or on TFDS C4.
+"""seqio tasks: T5 span corruption on the embedded corpus (SentencePiece or bytes), or on TFDS C4; and
+text-to-text fine-tuning tasks: the offline ones of downstream.py, and real benchmarks through TFDS
+(GLUE, SuperGLUE, SQuAD, closed-book TriviaQA, CNN/DailyMail, XSum) with T5's preprocessors and metrics.
 
 This module imports seqio, t5 and TensorFlow; the training process reaches it only
 through cache.py's materialisation subprocess.
 
-    register_tasks(tfds_data_dir=None)        idempotent; C4 is registered only with a valid dir
+    register_tasks(tfds_data_dir=None)        idempotent; C4 and benchmarks are registered only with a dir
+                                              that holds them
     get_task(name, tfds_data_dir=None)        registered task, or DataError saying what is missing
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Optional
 
 import seqio
 import t5.data.preprocessors as t5_pre
 import tensorflow as tf
+from t5.data import glue_utils
 
 from switchrepro.data import (
+    BENCHMARK_TASKS,
+    BENCHMARKS,
     BYTE_EXTRA_IDS,
     BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
     C4_TASK,
     C4_TFDS_NAME,
+    DOWNSTREAM_TASKS,
     SPAN_CORRUPTION_TASK,
     TASKS,
     DataError,
+    benchmark_of,
+    downstream,
+    downstream_task_name,
+    require_benchmark,
     require_c4,
     task_info,
+    tfds_dir_of,
 )
 from switchrepro.data.corpus import SPLITS, iter_shard, load_manifest, shard_paths
 from switchrepro.data.vocab import get_vocabulary
@@ -77,6 +90,86 @@ def _embedded_dataset(split: str, shuffle_files: bool, seed: Optional[int] = Non
     return tf.data.Dataset.from_generator(gen, output_signature={"text": tf.TensorSpec((), tf.string)})
 
 
+# ------------------------------------------------------------------------- text-to-text (fine-tuning)
+
+_TEXT2TEXT_PREPROCESSORS = [
+    seqio.preprocessors.tokenize,
+    seqio.CacheDatasetPlaceholder(),
+    seqio.preprocessors.append_eos_after_trim,
+]
+
+
+def _downstream_dataset_fn(short: str):
+    """dataset_fn(split, shuffle_files, seed) of an embedded downstream task: {"inputs", "targets"} strings
+    in file order (one file per split, so shuffle_files has nothing to shuffle)."""
+
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+        def gen():
+            for rec in downstream.iter_examples(short, split):
+                yield {"inputs": rec["inputs"], "targets": rec["targets"]}
+
+        spec = tf.TensorSpec((), tf.string)
+        return tf.data.Dataset.from_generator(gen, output_signature={"inputs": spec, "targets": spec})
+
+    return dataset_fn
+
+
+def _downstream_task(short: str, name: str) -> seqio.Task:
+    postprocess_fn, metric_fns = downstream.metric_setup(short)
+    counts = {e["split"]: e["examples"] for e in downstream.load_downstream_manifest()["files"] if e["task"] == short}
+    return seqio.Task(
+        name,
+        source=seqio.FunctionDataSource(_downstream_dataset_fn(short), splits=SPLITS, num_input_examples=counts),
+        preprocessors=list(_TEXT2TEXT_PREPROCESSORS),
+        output_features=output_features(name),
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
+
+
+@seqio.map_over_dataset
+def _trivia_qa_closed_book(x):
+    """Closed-book TriviaQA (the question alone), as in Roberts et al. 2020: the answer's value is the target,
+    every alias an acceptable answer."""
+    return {
+        "inputs": tf.strings.join(["trivia_qa question: ", x["question"]]),
+        "targets": x["answer"]["value"],
+        "answers": tf.concat([[x["answer"]["value"]], x["answer"]["aliases"]], axis=0),
+    }
+
+
+def _benchmark_preprocessors(name: str) -> list:
+    """T5's text preprocessor of the benchmark (t5.data.tasks' choice), then tokenize and EOS."""
+    if name.startswith(("glue_", "super_glue_")):
+        config, _ = downstream.glue_config(name)
+        first = [glue_utils.get_glue_text_preprocessor(config)]
+    elif name == "squad":
+        first = [t5_pre.squad]
+    elif name == "trivia_qa":
+        first = [_trivia_qa_closed_book]
+    elif name == "cnn_dailymail":
+        first = [functools.partial(t5_pre.summarize, article_key="article", summary_key="highlights")]
+    elif name == "xsum":
+        first = [functools.partial(t5_pre.summarize, article_key="document", summary_key="summary")]
+    else:
+        raise DataError(f"no preprocessor for benchmark {name!r}; add one in switchrepro/data/tasks.py")
+    return first + list(_TEXT2TEXT_PREPROCESSORS)
+
+
+def _benchmark_task(name: str, task_name: str, tfds_data_dir: str) -> seqio.Task:
+    bench = BENCHMARKS[name]
+    postprocess_fn, metric_fns = downstream.metric_setup(name)
+    return seqio.Task(
+        task_name,
+        source=seqio.TfdsDataSource(bench.tfds_name, tfds_data_dir=tfds_data_dir,
+                                    splits={"train": "train", "validation": bench.validation_split}),
+        preprocessors=_benchmark_preprocessors(name),
+        output_features=output_features(task_name),
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
+
+
 def _add(task: seqio.Task) -> None:
     if task.name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(task.name)
@@ -84,7 +177,8 @@ def _add(task: seqio.Task) -> None:
 
 
 def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
-    """(Re-)register the tasks. C4 needs a tfds_data_dir holding c4/en/3.1.0 (DataError otherwise)."""
+    """(Re-)register the tasks. C4 and the TFDS benchmarks are registered when tfds_data_dir holds them
+    (get_task raises DataError saying what to prepare for one that it does not hold)."""
     manifest = load_manifest()
     for name in (SPAN_CORRUPTION_TASK, BYTE_SPAN_CORRUPTION_TASK, BYTE_SPAN20_CORRUPTION_TASK):
         _add(seqio.Task(
@@ -96,7 +190,18 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             output_features=output_features(name),
             metric_fns=[],
         ))
+    for short in DOWNSTREAM_TASKS:
+        for vocabulary in ("spm8k", "bytes"):
+            _add(_downstream_task(short, downstream_task_name(short, vocabulary)))
     if tfds_data_dir is not None:
+        # Only the benchmarks the directory holds: the others stay unregistered, and get_task says what to prepare.
+        root = Path(tfds_data_dir).expanduser()
+        for name in BENCHMARK_TASKS:
+            if (root / tfds_dir_of(BENCHMARKS[name].tfds_name) / "dataset_info.json").is_file():
+                for vocabulary in ("spm8k", "bytes"):
+                    _add(_benchmark_task(name, downstream_task_name(name, vocabulary), str(root)))
+    if tfds_data_dir is not None and (Path(tfds_data_dir).expanduser() / tfds_dir_of(C4_TFDS_NAME)
+                                      / "dataset_info.json").is_file():
         _add(seqio.Task(
             C4_TASK,
             source=seqio.TfdsDataSource(C4_TFDS_NAME, tfds_data_dir=str(require_c4(tfds_data_dir))),
@@ -111,5 +216,7 @@ def get_task(name: str, tfds_data_dir: Optional[str] = None) -> seqio.Task:
         raise DataError(f"unknown task {name!r}; choose one of {TASKS}")
     if name == C4_TASK:
         require_c4(tfds_data_dir)  # never fall back to other data
+    if benchmark_of(name) is not None:
+        require_benchmark(name, tfds_data_dir)
     register_tasks(tfds_data_dir)
     return seqio.get_mixture_or_task(name)

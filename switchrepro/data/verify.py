@@ -1,6 +1,7 @@
 """Check the committed data artefacts against manifest.json (`python -m switchrepro.data.verify`).
 
-    verify_embedded(root=None) -> dict   re-hash every shard and the vocab; DataError names a bad file
+    verify_embedded(root=None) -> dict   re-hash every shard, the vocab and the downstream task files
+                                         (downstream/manifest.json); DataError names a bad file
     info(root=None, cache_dir=None) -> dict   summary for `switchrepro data info`
 """
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from switchrepro.data import DataError, cache_root
-from switchrepro.data.corpus import embedded_dir, load_manifest
+from switchrepro.data.corpus import embedded_dir, load_manifest, manifest_sha256
 from switchrepro.data.sources import sha256_file
 
 _REBUILD = "restore it with `git checkout -- switchrepro/data/embedded` or rebuild with `switchrepro data build`"
@@ -41,7 +42,33 @@ def verify_embedded(root: Optional[Path] = None) -> dict:
     stray = sorted(p for p in (root / "corpus").glob("*.jsonl.gz") if p not in listed)
     if stray:
         raise DataError(f"{stray[0]} is not listed in manifest.json (stale shard?); {_REBUILD}")
-    return summary(manifest)
+    out = summary(manifest)
+    out["downstream"] = verify_downstream(root)
+    return out
+
+
+def verify_downstream(root: Optional[Path] = None) -> dict:
+    """Re-hash every downstream task file; return {task: {split: examples}}."""
+    from switchrepro.data.downstream import MANIFEST as DOWNSTREAM_MANIFEST
+    from switchrepro.data.downstream import load_downstream_manifest
+
+    root = embedded_dir(root)
+    manifest = load_downstream_manifest(root)
+    if manifest.get("corpus_manifest_sha256") != manifest_sha256(root):
+        raise DataError(f"{root / DOWNSTREAM_MANIFEST} was built from another corpus (its corpus_manifest_sha256 "
+                        "differs from manifest.json's sha256); rebuild it with `python -m "
+                        "switchrepro.data.downstream build`, or restore both with `git checkout -- "
+                        "switchrepro/data/embedded`")
+    for entry in manifest["files"]:
+        _check_file(root, entry)
+    listed = {root / e["path"] for e in manifest["files"]}
+    stray = sorted(p for p in (root / "downstream").glob("*/*.jsonl.gz") if p not in listed)
+    if stray:
+        raise DataError(f"{stray[0]} is not listed in {DOWNSTREAM_MANIFEST} (stale file?); {_REBUILD}")
+    counts: dict = {}
+    for e in manifest["files"]:
+        counts.setdefault(e["task"], {})[e["split"]] = e["examples"]
+    return counts
 
 
 def summary(manifest: dict) -> dict:
@@ -65,6 +92,15 @@ def info(root: Optional[Path] = None, cache_dir: Optional[str] = None) -> dict:
     """Summary of the embedded data plus the cache location and the caches materialised there."""
     root = embedded_dir(root)
     out = summary(load_manifest(root))
+    try:  # counts only (verify_embedded re-hashes the files)
+        from switchrepro.data.downstream import load_downstream_manifest
+
+        files = load_downstream_manifest(root)["files"]
+        out["downstream"] = {}
+        for e in files:
+            out["downstream"].setdefault(e["task"], {})[e["split"]] = e["examples"]
+    except DataError:
+        out["downstream"] = {}
     out["embedded_dir"] = str(root)
     croot = cache_root(cache_dir)
     out["cache_dir"] = str(croot)
@@ -75,9 +111,13 @@ def info(root: Optional[Path] = None, cache_dir: Optional[str] = None) -> dict:
 
 def one_line(s: dict) -> str:
     sp = s["splits"]
-    return (f"{s['docs']:,} docs (train {sp['train']['docs']:,} / validation {sp['validation']['docs']:,}), "
+    line = (f"{s['docs']:,} docs (train {sp['train']['docs']:,} / validation {sp['validation']['docs']:,}), "
             f"{s['chars'] / 1e6:.1f}M chars, {s['tokens'] / 1e6:.2f}M tokens, "
             f"{s['mb']:.1f} MB in {s['files']} files, vocab {str(s['vocab_sha256'])[:12]}")
+    if s.get("downstream"):
+        line += "; downstream " + ", ".join(f"{t} {c.get('train', 0):,}/{c.get('validation', 0):,}"
+                                            for t, c in s["downstream"].items())
+    return line
 
 
 def main() -> int:

@@ -28,27 +28,25 @@ PREDICTIONS_DIR = "predictions"
 
 
 def downstream_name(data_task: str) -> str:
-    """The scorer's name for a seqio task: switchrepro_byte_sentiment / switchrepro_sentiment -> sentiment;
-    a registered TFDS benchmark keeps its own name. Raises ValueError for a task that is not text-to-text."""
-    from switchrepro.data import DOWNSTREAM_TASKS, TASK_INFO
+    """The scorer's name for a seqio task (switchrepro_byte_sentiment -> sentiment, switchrepro_glue_sst2 ->
+    glue_sst2). Raises ValueError for a task that is not text-to-text, naming the ones that are."""
+    from switchrepro.data import TASK_INFO
+    from switchrepro.data.downstream import resolve_task
 
     info = TASK_INFO.get(data_task)
     if info is None or info.kind != "text2text":
-        choices = ", ".join(n for n, i in TASK_INFO.items() if i.kind == "text2text")
+        offline = ", ".join(n for n, i in TASK_INFO.items() if i.kind == "text2text" and i.tfds_name is None)
         raise ValueError(f"{data_task!r} is not a downstream (text-to-text) task; set DataConfig.task to one of: "
-                         f"{choices}")
-    for prefix in ("switchrepro_byte_", "switchrepro_"):
-        if data_task.startswith(prefix) and data_task[len(prefix):] in DOWNSTREAM_TASKS:
-            return data_task[len(prefix):]
-    return data_task
+                         f"{offline}, or a TFDS benchmark (switchrepro_glue_sst2, ...)")
+    return resolve_task(data_task)
 
 
 def primary_metric(metrics: Sequence[str]) -> str:
-    """The score a run is ranked by: F1 where the task has it (QA: graded, unlike exact match), else the
-    task's first metric (accuracy)."""
+    """The score a run is ranked by: the task's first metric, which TASK_INFO lists as the paper reports it
+    (accuracy; exact match for SQuAD and closed-book QA; Rouge-2 for summarisation)."""
     if not metrics:
         raise ValueError("a downstream task needs at least one metric")
-    return "f1" if "f1" in metrics else metrics[0]
+    return metrics[0]
 
 
 def peak_score(rows: Sequence[Dict[str, Any]], key: str = "eval_score") -> Optional[Dict[str, Any]]:
@@ -128,7 +126,7 @@ class DownstreamEval:
 
     def __call__(self, params, step: int) -> Dict[str, float]:
         predictions = self.predictions(params)
-        targets = [t["targets"] for t in self.texts]
+        targets = [t.get("answers", t["targets"]) for t in self.texts]  # QA: every acceptable answer
         scores = self.scorer(self.task, targets, predictions)
         folder = self.run_dir / PREDICTIONS_DIR
         folder.mkdir(parents=True, exist_ok=True)
