@@ -310,3 +310,29 @@ def test_margin_by_step_applies_the_beats_rule_at_every_evaluation():
     assert list(out["verdict"]) == [C.INCONCLUSIVE, C.REPRODUCED]
     one_seed = C.margin_by_step(c[c["seed"] == 0], "T5-Large", "T5-Base")
     assert list(one_seed["verdict"]) == [C.INCONCLUSIVE, C.INCONCLUSIVE]  # one seed never decides
+
+
+def test_gain_retained_literal():
+    # dense -2.0, teacher -1.6 (gain 0.4), student -1.88: keeps 0.12 / 0.4 = 30%.
+    assert C.gain_retained(-1.88, -2.0, -1.6) == pytest.approx(0.3)
+    assert C.gain_retained(-2.1, -2.0, -1.6) == pytest.approx(-0.25)  # the student lost quality
+    assert math.isnan(C.gain_retained(-1.9, -2.0, -2.0)) and math.isnan(C.gain_retained(-1.9, -2.0, -2.1))
+
+
+def test_distillation_claim_reads_teacher_not_ahead_unless_the_teacher_beats_dense():
+    teacher = C.beats("Switch", "Dense", claim_id="teacher-ahead")
+    keeps = C.distillation_keeps_gain("Student", "Dense", "Switch", teacher_claim="teacher-ahead", claim_id="keeps")
+    # Teacher ahead (margin 0.4, spread 0.01); student ahead of dense by 0.12: reproduced, keeping 30%.
+    res = results({"Dense": [-2.0, -2.01, -1.99], "Switch": [-1.6, -1.61, -1.59], "Student": [-1.88, -1.89, -1.87]})
+    by_id = {v.claim_id: v for v in C.evaluate_claims("t", res, claims=[teacher, keeps])}
+    assert by_id["teacher-ahead"].status == C.REPRODUCED and by_id["keeps"].status == C.REPRODUCED
+    assert "share of the teacher's gain kept: 30%" in by_id["keeps"].detail
+    # Teacher level with dense: the student's own (reproduced) margin says nothing about distillation.
+    res = results({"Dense": [-2.0, -2.01, -1.99], "Switch": [-2.0, -2.02, -1.98], "Student": [-1.88, -1.89, -1.87]})
+    by_id = {v.claim_id: v for v in C.evaluate_claims("t", res, claims=[teacher, keeps])}
+    assert by_id["teacher-ahead"].status == C.INCONCLUSIVE
+    assert by_id["keeps"].status == C.TEACHER_NOT_AHEAD
+    assert by_id["keeps"].detail.startswith("teacher claim teacher-ahead is inconclusive; as judged alone: reproduced;")
+    # The teacher claim not evaluated at all (not in the list): also not ahead.
+    (alone,) = C.evaluate_claims("t", res, claims=[keeps])
+    assert alone.status == C.TEACHER_NOT_AHEAD and "missing" in alone.detail

@@ -43,6 +43,10 @@ Positive control. A table may mark claims as controls (`control=True`): claims t
 regime where the table's other claims mean something, such as "a larger dense model beats the base
 model". When a control is not reproduced, every other verdict of that table becomes **regime invalid**;
 its detail keeps the status it would have had and its numbers.
+
+Teacher not ahead. A distillation claim names its teacher claim ("the teacher beats the dense model",
+`teacher_claim`). Unless that claim is reproduced, the distillation verdict reads **teacher not ahead**: a
+student cannot keep a gain its teacher does not have. Its detail keeps the status it would have had.
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, REGIME_INVALID = STATUSES = (
-    "reproduced", "not reproduced", "inconclusive", "regime invalid")
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, REGIME_INVALID, TEACHER_NOT_AHEAD = STATUSES = (
+    "reproduced", "not reproduced", "inconclusive", "regime invalid", "teacher not ahead")
 MIN_SEEDS = 2
 MIN_SEEDS_VARIANCE = 3
 
@@ -80,7 +84,9 @@ VERDICT_RULE = (
     "A claim whose rows were not run is inconclusive.\n\n"
     "**Positive control.** table1 and scaling first check that the larger dense model (T5-Large) beats "
     "T5-Base. If that control is not reproduced, the regime cannot show what parameters buy, and every other "
-    "verdict of the table reads **regime invalid** (its detail keeps what it would have been)."
+    "verdict of the table reads **regime invalid** (its detail keeps what it would have been).\n\n"
+    "**Teacher not ahead.** A distillation claim is judged only when its teacher beats the dense model; "
+    "otherwise it reads **teacher not ahead**, not a failed distillation."
 )
 
 
@@ -289,6 +295,9 @@ class Claim:
     rows: tuple[str, ...]
     check: Callable[[Evidence], Outcome]
     control: bool = False  # a positive control: when it fails, the table's other verdicts are regime invalid
+    # Distillation: the id of the claim "the teacher beats the dense model". A student can only keep a gain
+    # its teacher has: unless that claim is reproduced, this verdict reads "teacher not ahead".
+    teacher_claim: Optional[str] = None
 
     def evaluate(self, evidence: Evidence) -> Verdict:
         missing = [r for r in self.rows if not evidence.has(r)]
@@ -573,6 +582,33 @@ SCALING_EXPERTS = ("Switch 2e", "Switch 4e", "Switch 8e", "Switch 16e", "Switch 
 # Rows whose runs set the default time-to-quality threshold (see default_threshold).
 THRESHOLD_ROWS = {"table1": TABLE1_SPARSE}
 
+def gain_retained(student: float, dense: float, teacher: float) -> float:
+    """Share of the teacher's gain over the dense model that the student keeps: (student - dense) /
+    (teacher - dense), on a higher-is-better metric (paper Table 7: about 0.3). NaN when the teacher is not
+    ahead of the dense model."""
+    gain = teacher - dense
+    return (student - dense) / gain if gain > 0 else math.nan
+
+
+def distillation_keeps_gain(student: str, dense: str, teacher: str, teacher_claim: str,
+                            claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
+    """The distilled `student` beats the `dense` model trained without the teacher (the beats rule on NLP);
+    the detail adds the share of the teacher's gain it keeps. Judged only when `teacher_claim` (the teacher
+    beats the dense model) is reproduced; otherwise "teacher not ahead"."""
+    text = text or f"{student} keeps part of {teacher}'s gain over {dense}"
+    inner = beats(student, dense, text=text)
+
+    def check(ev: Evidence) -> Outcome:
+        out = inner.check(ev)
+        ss, sd, st = (_stats(ev, r, "nlp") for r in (student, dense, teacher))
+        share = gain_retained(ss.mean, sd.mean, st.mean)
+        kept = "nan" if math.isnan(share) else f"{100 * share:.0f}%"
+        return out._replace(detail=f"{out.detail}; share of the teacher's gain kept: {kept} "
+                                   f"(teacher {_describe(teacher, st)})")
+
+    return Claim(claim_id or _slug(text), text, (student, dense, teacher), check, teacher_claim=teacher_claim)
+
+
 def larger_dense_control(table: str) -> Claim:
     return beats("T5-Large", "T5-Base", claim_id=f"{'t1' if table == 'table1' else table}-control-larger-dense",
                  text="Positive control: the larger dense T5-Large beats T5-Base", control=True)
@@ -674,7 +710,22 @@ def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataF
     threshold = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None
     evidence = Evidence(summary, _for_table(curves, table), threshold)
     claims = claims if claims is not None else TABLE_CLAIMS[table]
-    return apply_controls(claims, [claim.evaluate(evidence) for claim in claims])
+    return apply_controls(claims, apply_teachers(claims, [claim.evaluate(evidence) for claim in claims]))
+
+
+def apply_teachers(claims: Sequence[Claim], verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """A distillation verdict becomes TEACHER_NOT_AHEAD unless its teacher claim is reproduced: a student
+    cannot keep a gain its teacher does not have, so the verdict says nothing about distillation."""
+    by_id = {v.claim_id: v for v in verdicts}
+    out = []
+    for c, v in zip(claims, verdicts, strict=True):
+        teacher = by_id.get(c.teacher_claim) if c.teacher_claim else None
+        if c.teacher_claim and (teacher is None or teacher.status != REPRODUCED):
+            why = f"teacher claim {c.teacher_claim} is {teacher.status if teacher else 'missing'}"
+            v = dataclasses.replace(v, status=TEACHER_NOT_AHEAD,
+                                    detail=f"{why}; as judged alone: {v.status}; {v.detail}")
+        out.append(v)
+    return out
 
 
 def apply_controls(claims: Sequence[Claim], verdicts: Sequence[Verdict]) -> list[Verdict]:
