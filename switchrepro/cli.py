@@ -385,7 +385,6 @@ def distill(gin_files, bindings, tfds_data_dir, teacher_run: Path, run_dir: Path
     if not gin_files:
         raise UserError("pass the student's --gin-file (e.g. --gin-file models/tiny_dense.gin)")
     from switchrepro.experiments.runner import config_hash
-    from switchrepro.train import trainer
 
     if not teacher_run.is_dir():
         raise UserError(f"--teacher-run {teacher_run} does not exist")
@@ -405,12 +404,7 @@ def distill(gin_files, bindings, tfds_data_dir, teacher_run: Path, run_dir: Path
         raise UserError(str(e)) from e
     operative += (f"\n# distillation (from the command line): teacher run {teacher_run} (configuration "
                   f"{cfg.distill.teacher})\n# {cfg.distill}\n")
-    try:
-        with run_file_errors(teacher_run):
-            teacher_model, teacher_params, teacher_step = trainer.restore_params(teacher_cfg, teacher_run,
-                                                                                 echo=click.echo)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    teacher_model, teacher_params, teacher_step = _restore_run(teacher_cfg, teacher_run)
     if teacher_step < teacher_cfg.train.steps:
         click.echo(f"note: the teacher stopped at step {teacher_step} of {teacher_cfg.train.steps}")
     _train_and_report(cfg, operative, run_dir, progress=not no_progress and cfg.train.progress,
@@ -433,7 +427,6 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
         raise UserError("pass --gin-file with the model and the downstream task (e.g. --gin-file "
                         "finetune/mini_sentiment.gin)")
     from switchrepro.experiments.runner import config_hash
-    from switchrepro.train import trainer
     from switchrepro.train.finetune import downstream_name
 
     if not pretrained_run.is_dir():
@@ -459,11 +452,7 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
         raise UserError(str(e)) from e
     operative += (f"\n# fine-tuning (from the command line): pre-trained run {pretrained_run} (configuration "
                   f"{cfg.finetune.pretrained})\n# {cfg.finetune}\n")
-    try:
-        with run_file_errors(pretrained_run):
-            _, pre_params, pre_step = trainer.restore_params(pre_cfg, pretrained_run, echo=click.echo)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from e
+    _, pre_params, pre_step = _restore_run(pre_cfg, pretrained_run)
     import jax
 
     from switchrepro.model.t5 import init_params
@@ -475,6 +464,18 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
         raise UserError(str(e)) from e
     click.echo(f"pre-trained model: {pretrained_run} at step {pre_step}")
     _train_and_report(cfg, operative, run_dir, progress=not no_progress, pretrained=pre_params)
+
+
+def _restore_run(cfg: C.ExperimentConfig, run_dir: Path):
+    """(model, params, step) of RUN_DIR's latest checkpoint (a teacher or a pre-trained model); a missing or
+    damaged checkpoint is one `error:` line."""
+    from switchrepro.train import trainer
+
+    try:
+        with run_file_errors(run_dir):
+            return trainer.restore_params(cfg, run_dir, echo=click.echo)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
 
 
 @contextlib.contextmanager
