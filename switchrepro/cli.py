@@ -121,7 +121,7 @@ def _gin():
     import gin
 
     if not getattr(_gin, "registered", False):
-        for cls in (C.MoeConfig, C.ModelConfig, C.DataConfig, C.TrainConfig, C.FinetuneConfig):
+        for cls in (C.MoeConfig, C.ModelConfig, C.DataConfig, C.TrainConfig, C.FinetuneConfig, C.DistillConfig):
             _gin.__dict__[cls.__name__] = gin.external_configurable(cls, name=cls.__name__)
         _gin.registered = True
     return gin
@@ -158,7 +158,11 @@ def _plain(obj):
 
 
 def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.ExperimentConfig, str]:
-    """Builds the ExperimentConfig from gin files and bindings; returns it with the operative gin text."""
+    """Builds the ExperimentConfig from gin files and bindings; returns it with the operative gin text.
+
+    A binding of `FinetuneConfig.pretrained` or `DistillConfig.teacher` (a source run's configuration
+    hash, as a table row that starts from or learns from another row binds it) adds that section, so a
+    run's saved operative config rebuilds its whole configuration."""
     gin = _gin()
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
@@ -168,6 +172,10 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.E
             gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
         cfg = C.ExperimentConfig(model=_gin.ModelConfig(), data=_gin.DataConfig(), train=_gin.TrainConfig())
         cfg = _plain(cfg)
+        if _bound(gin, "FinetuneConfig.pretrained"):
+            cfg = dataclasses.replace(cfg, finetune=_plain(_gin.FinetuneConfig()))
+        if _bound(gin, "DistillConfig.teacher"):
+            cfg = dataclasses.replace(cfg, distill=_plain(_gin.DistillConfig()))
         operative = gin.operative_config_str()
     except (ValueError, TypeError, KeyError, SyntaxError, IOError) as e:
         raise UserError(f"gin: {str(e).splitlines()[0]}") from e
@@ -176,6 +184,13 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str]) -> tuple[C.E
     except C.ConfigError as e:
         raise UserError(str(e)) from e
     return cfg, operative
+
+
+def _bound(gin, name: str) -> bool:
+    try:
+        return bool(gin.query_parameter(name))
+    except ValueError:  # not bound
+        return False
 
 
 def parse_table(name: str):
@@ -317,7 +332,6 @@ def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, pr
                       teacher=None, pretrained=None) -> None:
     """`train`, `distill` and `finetune`: lock RUN_DIR, save the configuration, train (or resume), print the
     result."""
-    from switchrepro.train import trainer
     from switchrepro.train.run_lock import run_dir_lock
 
     ensure_writable(run_dir, "--run-dir")
@@ -327,20 +341,8 @@ def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, pr
                         "--run-dir")
     try:
         prepare_run_dir(cfg, operative, run_dir)
-        train_cache, eval_cache = load_caches(cfg)
-        downstream_eval = None
-        if cfg.finetune is not None:
-            from switchrepro.data import cache as data_cache
-            from switchrepro.model.t5 import Transformer
-            from switchrepro.train.finetune import DownstreamEval
-
-            downstream_eval = DownstreamEval(cfg, Transformer(cfg.model), eval_cache,
-                                             data_cache.load_texts(eval_cache.path), run_dir)
-        click.echo(backend_line())
-        with run_file_errors(run_dir):
-            result = trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache,
-                                   progress=progress, echo=click.echo, stop_after=_stop_after(), mesh=mesh,
-                                   teacher=teacher, pretrained=pretrained, downstream_eval=downstream_eval)
+        result = _train_run(cfg, run_dir, progress=progress, echo=click.echo, mesh=mesh, teacher=teacher,
+                            pretrained=pretrained, announce=True)
     finally:
         lock.release()
     final = result.final
@@ -363,6 +365,29 @@ def _train_and_report(cfg: C.ExperimentConfig, operative: str, run_dir: Path, pr
         if best is not None:
             click.echo(f"peak validation score {best['value']:.2f} at step {best['step']}")
     click.echo(f"metrics: {result.metrics_path}")
+
+
+def _train_run(cfg: C.ExperimentConfig, run_dir: Path, progress: Optional[bool], echo, mesh=None, teacher=None,
+               pretrained=None, announce: bool = False):
+    """Loads the data (and, for fine-tuning, the scorer of decoded validation examples) and trains `cfg` in
+    `run_dir`, which holds its configuration already; returns trainer.train's result."""
+    from switchrepro.train import trainer
+
+    train_cache, eval_cache = load_caches(cfg)
+    downstream_eval = None
+    if cfg.finetune is not None:
+        from switchrepro.data import cache as data_cache
+        from switchrepro.model.t5 import Transformer
+        from switchrepro.train.finetune import DownstreamEval
+
+        downstream_eval = DownstreamEval(cfg, Transformer(cfg.model), eval_cache,
+                                         data_cache.load_texts(eval_cache.path), run_dir)
+    if announce:
+        echo(backend_line())
+    with run_file_errors(run_dir):
+        return trainer.train(cfg, run_dir, train_cache=train_cache, eval_cache=eval_cache, progress=progress,
+                             echo=echo, stop_after=_stop_after(), mesh=mesh, teacher=teacher, pretrained=pretrained,
+                             downstream_eval=downstream_eval)
 
 
 @main.command()
@@ -606,7 +631,7 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
 @_parallel_options
 def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_dir, results_dir, runs_dir, workers,
         mesh_text, distributed, coordinator, num_processes, process_id):
-    """Reproduce a paper TABLE (table1, table2, table3, table11, scaling): train its rows x seeds, collect
+    """Reproduce a paper TABLE (table1 to table8, table11, scaling): train its rows x seeds, collect
     the metrics, print them beside the paper's and judge each claim. Stopping and rerunning is safe:
     finished runs are reused, interrupted ones resume."""
     import time as _time
@@ -688,7 +713,6 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
                  distributed, coordinator, num_processes, process_id, runs) -> None:
     """`run`'s training: the planned runs in this process, or in `workers` one-core child processes."""
     from switchrepro.experiments import claims, runner
-    from switchrepro.train import trainer
 
     mesh = None if workers > 1 else setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
     for r in runs:
@@ -697,12 +721,18 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
     ensure_writable(runs_dir, "--runs-dir")
     click.echo(backend_line())
 
+    params_root = results_dir / scale / "params"
+
     def train_one(r):
+        echo = lambda m: click.echo("  " + m)  # noqa: E731
+        teacher = pretrained = None
+        if r.teacher is not None:
+            model, params, _ = runner.source_params(r.teacher, params_root, echo=echo)
+            teacher = (model, params)
+        if r.pretrained is not None:
+            pretrained = runner.source_params(r.pretrained, params_root, echo=echo)[1]
         prepare_run_dir(r.config, r.operative_gin, r.run_dir)
-        train_cache, eval_cache = load_caches(r.config)
-        with run_file_errors(r.run_dir):
-            trainer.train(r.config, r.run_dir, train_cache=train_cache, eval_cache=eval_cache,
-                          echo=lambda m: click.echo("  " + m), stop_after=_stop_after(), mesh=mesh)
+        _train_run(r.config, r.run_dir, progress=None, echo=echo, mesh=mesh, teacher=teacher, pretrained=pretrained)
 
     if workers > 1:
         child = ["run", table, "--scale", scale, "--results-dir", str(results_dir), "--runs-dir", str(runs_dir),
@@ -711,8 +741,11 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
                  *(["--tfds-data-dir", tfds_data_dir] if tfds_data_dir else [])]
         run_workers(child, workers)
     else:
-        runner.execute(runner.training_order(runs, claims.control_rows(table)), train_one, echo=click.echo,
-                       logs_dir=results_dir / scale / "logs")
+        try:
+            runner.execute(runner.training_order(runs, claims.control_rows(table)), train_one, echo=click.echo,
+                           logs_dir=results_dir / scale / "logs", params_root=params_root)
+        except runner.SourceRunError as e:
+            raise UserError(str(e)) from None
 
 
 def _row_names(rows: Optional[str]) -> Optional[List[str]]:

@@ -109,7 +109,9 @@ def summarize(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
     - `examples_per_sec`, `examples_per_sec_std`: over all seeds;
     - the row's `table`, `scale`, `params`, `flops_per_example`, `num_experts`, `capacity_factor`,
       `steps`, `final_step`, `epochs`, and `first_diverged_at`;
-    - `wall_seconds` and `fraction_dropped` (means).
+    - `wall_seconds` and `fraction_dropped` (means);
+    - for fine-tuned rows (results with `peak_score`): `n_scored`, `score_mean`, `score_std`, over the
+      runs' peak validation scores.
 
     With `curves` and a `threshold` it adds `threshold`, `n_reached`, `steps_to_threshold_mean/std`
     and `time_to_threshold_mean/std` (seconds), each over the seeds that reached the threshold.
@@ -127,7 +129,7 @@ def summarize(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
         out["examples_per_sec"] = g["examples_per_sec"].mean()
         out["examples_per_sec_std"] = g["examples_per_sec"].std(ddof=1)
     for col in ("table", "scale", "params", "flops_per_example", "num_experts", "capacity_factor", "steps",
-                "final_step", "epochs"):
+                "final_step", "epochs", "stage", "task", "teacher_row"):
         if col in df:
             out[col] = g[col].first()
     for col in ("wall_seconds", "fraction_dropped"):
@@ -135,6 +137,10 @@ def summarize(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
             out[col] = g[col].mean()
     if "diverged_at" in df:
         out["first_diverged_at"] = g["diverged_at"].min()
+    if "peak_score" in df and df["peak_score"].notna().any():  # fine-tuning: peak validation score per run
+        out["n_scored"] = g["peak_score"].count()
+        out["score_mean"] = g["peak_score"].mean()
+        out["score_std"] = g["peak_score"].std(ddof=1)
     if curves is not None and threshold is not None:
         out = out.join(_threshold_summary(curves, threshold))
         out["n_reached"] = out["n_reached"].fillna(0).astype(int)
@@ -320,6 +326,7 @@ METRICS = {
     "examples_per_sec": Metric("examples/sec", "examples_per_sec", "examples_per_sec_std", "n_seeds", True),
     "steps_to_threshold": Metric("steps to threshold", "steps_to_threshold_mean", "steps_to_threshold_std",
                                  "n_reached", False),
+    "score": Metric("peak validation score", "score_mean", "score_std", "n_scored", True),
     "time_to_threshold": Metric("seconds to threshold", "time_to_threshold_mean", "time_to_threshold_std",
                                 "n_reached", False),
 }
@@ -333,7 +340,7 @@ class Stats(NamedTuple):
 
 def _stats(ev: Evidence, row: str, metric: str) -> Stats:
     m, s = METRICS[metric], ev.summary
-    if m.mean not in s:
+    if m.mean not in s or pd.isna(s.at[row, m.count]):
         return Stats(math.nan, math.nan, 0)
     return Stats(float(s.at[row, m.mean]), float(s.at[row, m.std]), int(s.at[row, m.count]))
 
@@ -582,6 +589,15 @@ SCALING_EXPERTS = ("Switch 2e", "Switch 4e", "Switch 8e", "Switch 16e", "Switch 
 # Rows whose runs set the default time-to-quality threshold (see default_threshold).
 THRESHOLD_ROWS = {"table1": TABLE1_SPARSE}
 
+def gain_kept(summary: pd.DataFrame, row: str, dense: str, metric: str = "nlp") -> float:
+    """gain_retained of a distilled `row` of `summary`, its teacher being its `teacher_row`; NaN if missing."""
+    col = METRICS[metric].mean
+    teacher = summary.at[row, "teacher_row"] if "teacher_row" in summary and row in summary.index else None
+    if not teacher or teacher not in summary.index or dense not in summary.index or col not in summary:
+        return math.nan
+    return gain_retained(*(float(summary.at[r, col]) for r in (row, dense, teacher)))
+
+
 def gain_retained(student: float, dense: float, teacher: float) -> float:
     """Share of the teacher's gain over the dense model that the student keeps: (student - dense) /
     (teacher - dense), on a higher-is-better metric (paper Table 7: about 0.3). NaN when the teacher is not
@@ -591,22 +607,102 @@ def gain_retained(student: float, dense: float, teacher: float) -> float:
 
 
 def distillation_keeps_gain(student: str, dense: str, teacher: str, teacher_claim: str,
-                            claim_id: Optional[str] = None, text: Optional[str] = None) -> Claim:
-    """The distilled `student` beats the `dense` model trained without the teacher (the beats rule on NLP);
-    the detail adds the share of the teacher's gain it keeps. Judged only when `teacher_claim` (the teacher
-    beats the dense model) is reproduced; otherwise "teacher not ahead"."""
+                            claim_id: Optional[str] = None, text: Optional[str] = None, metric: str = "nlp") -> Claim:
+    """The distilled `student` beats the `dense` model trained without the teacher (the beats rule on
+    `metric`); the detail adds the share of the teacher's gain it keeps. Judged only when `teacher_claim`
+    (the teacher beats the dense model) is reproduced; otherwise "teacher not ahead"."""
     text = text or f"{student} keeps part of {teacher}'s gain over {dense}"
-    inner = beats(student, dense, text=text)
+    inner = beats(student, dense, metric=metric, text=text)
 
     def check(ev: Evidence) -> Outcome:
         out = inner.check(ev)
-        ss, sd, st = (_stats(ev, r, "nlp") for r in (student, dense, teacher))
+        ss, sd, st = (_stats(ev, r, metric) for r in (student, dense, teacher))
         share = gain_retained(ss.mean, sd.mean, st.mean)
         kept = "nan" if math.isnan(share) else f"{100 * share:.0f}%"
         return out._replace(detail=f"{out.detail}; share of the teacher's gain kept: {kept} "
                                    f"(teacher {_describe(teacher, st)})")
 
     return Claim(claim_id or _slug(text), text, (student, dense, teacher), check, teacher_claim=teacher_claim)
+
+
+def pretrained_control(table: str, switch: str = "Switch-Base", dense: str = "T5-Base") -> Claim:
+    """Fine-tuning tables: the pre-trained Switch model beats its FLOP-matched dense model on the
+    pre-training task. Without that, whether the gain survives fine-tuning cannot be asked."""
+    return beats(switch, dense, claim_id=f"{table}-control-{_slug(switch)}-pretrained-ahead",
+                 text=f"Positive control: pre-trained {switch} beats {dense} (pre-training NLP)", control=True)
+
+
+FINETUNE_TASKS = ("sentiment", "spam", "cloze_qa", "wordnet_qa")
+TABLE7_EXPERTS = ("8e", "16e", "32e", "64e")
+TABLE6_STUDENTS = ("Distillation", "+ Init. non-expert weights from teacher", "+ 0.75 mix of hard and soft loss")
+
+
+def _table4_claims() -> list[Claim]:
+    out = [pretrained_control("t4")]
+    for task in ("sentiment", "cloze_qa"):
+        row = lambda label, t=task: f"{label} / {t}"  # noqa: E731
+        out += [
+            beats(row("Switch-Base (d=0.1)"), row("T5-Base (d=0.1)"), "score", claim_id=f"t4-{task}-switch-beats-t5",
+                  text=f"{task}: fine-tuned Switch-Base beats fine-tuned T5-Base (both d=0.1)"),
+            beats(row("Switch-Base (d=0.1, ed=0.4)"), row("Switch-Base (d=0.1)"), "score",
+                  claim_id=f"t4-{task}-expert-dropout-helps",
+                  text=f"{task}: expert dropout 0.4 beats uniform dropout 0.1 for Switch-Base"),
+            beats(row("Switch-Base (d=0.1)"), row("Switch-Base (d=0.3)"), "score",
+                  claim_id=f"t4-{task}-dropout-0.3-hurts",
+                  text=f"{task}: Switch-Base with dropout 0.1 beats dropout 0.3"),
+        ]
+    return out
+
+
+def _table5_claims() -> list[Claim]:
+    out = [pretrained_control("t5"), pretrained_control("t5", "Switch-Large", "T5-Large"),
+           beats("T5-Large", "T5-Base", claim_id="t5-control-larger-dense", control=True,
+                 text="Positive control: the larger dense T5-Large beats T5-Base (pre-training NLP)")]
+    for task in FINETUNE_TASKS:
+        for size in ("Base", "Large"):
+            out.append(beats(f"Switch-{size} / {task}", f"T5-{size} / {task}", "score",
+                             claim_id=f"t5-{task}-switch-{size.lower()}-beats-t5",
+                             text=f"{task}: fine-tuned Switch-{size} beats the FLOP-matched T5-{size}"))
+    return out
+
+
+def _table6_claims() -> list[Claim]:
+    teacher = beats("Switch-Base", "T5-Base", claim_id="t6-teacher-ahead",
+                    text="The teacher Switch-Base beats T5-Base")
+    return [
+        teacher,
+        *[distillation_keeps_gain(student, "T5-Base", "Switch-Base", teacher.id,
+                                  claim_id=f"t6-{_slug(student)}-keeps-gain",
+                                  text=f"{student.lstrip('+ ')}: the student beats T5-Base")
+          for student in TABLE6_STUDENTS],
+        dataclasses.replace(beats(TABLE6_STUDENTS[2], "Initialization Baseline (no distillation)",
+                                  claim_id="t6-distillation-beats-init-only",
+                                  text="The gain comes from distillation: the 0.75-mix student beats the "
+                                       "initialisation-only baseline"), teacher_claim=teacher.id),
+        dataclasses.replace(beats(TABLE6_STUDENTS[1], TABLE6_STUDENTS[0], claim_id="t6-init-helps",
+                                  text="Initialising the student from the teacher's non-expert weights helps "
+                                       "distillation"), teacher_claim=teacher.id),
+    ]
+
+
+def _table7_claims() -> list[Claim]:
+    out = []
+    for e in TABLE7_EXPERTS:
+        teacher = beats(f"Switch {e}", "T5-Base", claim_id=f"t7-teacher-{e}-ahead",
+                        text=f"The teacher Switch {e} beats T5-Base")
+        out += [teacher, distillation_keeps_gain(f"Distilled from {e}", "T5-Base", f"Switch {e}", teacher.id,
+                                                 claim_id=f"t7-student-{e}-keeps-gain",
+                                                 text=f"The student distilled from Switch {e} beats T5-Base")]
+    return out
+
+
+def _table8_claims() -> list[Claim]:
+    teacher = beats("Switch-Base / sentiment", "T5-Base / sentiment", "score", claim_id="t8-teacher-ahead",
+                    text="The fine-tuned teacher Switch-Base beats the fine-tuned T5-Base (sentiment)")
+    return [pretrained_control("t8"), teacher,
+            distillation_keeps_gain("Distilled T5-Base / sentiment", "T5-Base / sentiment", "Switch-Base / sentiment",
+                                    teacher.id, claim_id="t8-distilled-keeps-gain", metric="score",
+                                    text="The distilled T5-Base beats the plainly fine-tuned T5-Base (sentiment)")]
 
 
 def larger_dense_control(table: str) -> Claim:
@@ -663,6 +759,11 @@ TABLE_CLAIMS: dict[str, list[Claim]] = {
         beats("Switch 64e", "T5-Large", claim_id="scaling-64e-beats-larger-dense",
               text="Switch 64e beats the larger dense T5-Large at equal steps (Figure 6 left)"),
     ],
+    "table4": _table4_claims(),
+    "table5": _table5_claims(),
+    "table6": _table6_claims(),
+    "table7": _table7_claims(),
+    "table8": _table8_claims(),
 }
 
 

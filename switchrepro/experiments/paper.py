@@ -12,7 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
-TABLES = ("table1", "table2", "table3", "table11", "scaling")
+TABLES = ("table1", "table2", "table3", "table11", "scaling", "table4", "table5", "table6", "table7", "table8")
 
 TITLES = {
     "table1": "Table 1: Switch versus MoE across capacity factors",
@@ -20,6 +20,11 @@ TITLES = {
     "table3": "Table 3: initialization scale",
     "table11": "Table 11: router exploration strategies",
     "scaling": "Scaling with the number of experts (Figures 4, 5, 6 and 12; Table 7)",
+    "table4": "Table 4: fine-tuning regularisation (dropout, expert dropout)",
+    "table5": "Table 5: fine-tuning results, dense versus Switch at two sizes",
+    "table6": "Table 6: distilling Switch-Base into a dense model",
+    "table7": "Table 7: distillation compression with more experts in the teacher",
+    "table8": "Table 8: distilling a fine-tuned Switch model",
 }
 
 # The published time-to-quality threshold of Table 1 (NLP, nats).

@@ -151,7 +151,52 @@ def _columns(table: str, summary: pd.DataFrame, speedups: Mapping[str, float]) -
             ("paper: step speedup vs T5-Base", lambda s, p: _paper(p, "step_speedup_vs_t5_base", 1)),
             ("ours: examples/sec", _ours(_ours_speed)),
         ]
+    if table in ("table4", "table5", "table8"):
+        score = [("ours: peak score", _ours(_ours_score)), ("paper: score", lambda s, p: _paper(p, "score", 1)),
+                 ("paper task", lambda s, p: _paper(p, "paper_task"))]
+        kept = [("ours: gain kept", lambda s, p: _kept(summary, s, "score")),
+                ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))] if table == "table8" else []
+        task = lambda s: s.get("task", DASH) if s.get("stage") != "pretrain" else "pre-training"  # noqa: E731
+        return [("ours: task", _ours(task)),
+                ("ours: held-out NLP", _ours(_ours_nlp)), *score, *kept]
+    if table in ("table6", "table7"):
+        out = [("ours: params", _ours(lambda s: _human(s.get("params", math.nan)))),
+               ("paper: params", lambda s, p: _paper(p, "params_label")), *nlp,
+               ("ours: gain kept", lambda s, p: _kept(summary, s, "nlp")),
+               ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))]
+        if table == "table7":
+            out += [("ours: compression", lambda s, p: _compression(summary, s)),
+                    ("paper: compression", lambda s, p: _paper_percent(p, "compression_percent"))]
+        return out
     return nlp  # table11 and anything else: quality only
+
+
+def _ours_score(s: pd.Series) -> str:
+    """'56.4 ± 1.2 (n=3)': the mean over seeds of each run's peak validation score; DASH for pre-training."""
+    n = int(s["n_scored"]) if "n_scored" in s and not _isnan(s["n_scored"]) else 0
+    return DASH if n == 0 else f"{_mean_std(s['score_mean'], s['score_std'], n, 1)} (n={n})"
+
+
+def _kept(summary: pd.DataFrame, s: Optional[pd.Series], metric: str) -> str:
+    """A distilled row's share of its teacher's gain over the dense row it is compared with."""
+    if s is None or not s.get("teacher_row"):
+        return DASH
+    dense = "T5-Base / sentiment" if metric == "score" else "T5-Base"
+    share = C.gain_kept(summary, s.name, dense, metric)
+    return DASH if _isnan(share) else f"{100 * share:.0f}%"
+
+
+def _compression(summary: pd.DataFrame, s: Optional[pd.Series]) -> str:
+    """1 - student parameters / teacher parameters, for a distilled row."""
+    teacher = s.get("teacher_row") if s is not None else None
+    if not teacher or teacher not in summary.index or "params" not in summary:
+        return DASH
+    return f"{100 * (1 - float(s['params']) / float(summary.at[teacher, 'params'])):.0f}%"
+
+
+def _paper_percent(p: Optional[pd.Series], col: str) -> str:
+    text = _paper(p, col, 0)
+    return text if text == DASH else f"{text}%"
 
 
 def _cells(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],

@@ -30,6 +30,7 @@ import pandas as pd
 
 from switchrepro.config import DamagedFileError, ExperimentConfig
 from switchrepro.experiments.spec import Row, TableSpec
+from switchrepro.train.finetune import peak_score
 from switchrepro.train.host import layout as host_layout
 from switchrepro.train.metrics_log import read_metrics
 from switchrepro.train.run_lock import Lock, run_dir_lock
@@ -38,18 +39,29 @@ from switchrepro.train.run_lock import Lock, run_dir_lock
 # 236 MFLOPs/example, README first run); used only for --dry-run time estimates.
 CPU_FORWARD_GFLOPS = 18.0
 
-# (gin files, bindings) -> (config, operative gin text); switchrepro.cli.parse_config.
+# (gin files, bindings) -> (config, operative gin text); switchrepro.cli.parse_config. A row that starts
+# from or learns from another binds FinetuneConfig.pretrained / DistillConfig.teacher to that run's hash.
 ConfigBuilder = Callable[[Sequence[str], Sequence[str]], Tuple[ExperimentConfig, str]]
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
+    """One (row, seed) of a table. `pretrained` and `teacher` are the planned runs (same seed) whose
+    trained parameters this run starts from or learns from; their hashes are part of this run's config."""
+
     row: Row
     seed: int
     config: ExperimentConfig
     operative_gin: str
     config_hash: str
     run_dir: Path
+    pretrained: Optional["PlannedRun"] = None
+    teacher: Optional["PlannedRun"] = None
+    keeps_params: bool = False  # other rows of its table start from or learn from it: export its parameters
+
+    @property
+    def sources(self) -> Tuple["PlannedRun", ...]:
+        return tuple(r for r in (self.pretrained, self.teacher) if r is not None)
 
 
 _ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None),
@@ -76,28 +88,43 @@ def slug(name: str) -> str:
 
 def plan(spec: TableSpec, scale: str, build: ConfigBuilder, runs_dir: Path, seeds: Optional[int] = None,
          rows: Optional[Sequence[str]] = None) -> List[PlannedRun]:
-    """The runs of `spec` at `scale`: each selected row x each seed, with its config and run directory."""
-    selected = [spec.row(r) for r in rows] if rows else list(spec.default_rows(scale))
+    """The runs of `spec` at `scale`: each selected row x each seed, with its config and run directory.
+    Rows that a selected row starts from or learns from are planned too, before it (same seed)."""
+    selected = spec.with_sources(rows) if rows else spec.default_rows(scale)
     n_seeds = seeds or spec.seeds[scale]
-    out = []
+    source_rows = {s for r in spec.rows for s in r.sources}
+    out: List[PlannedRun] = []
+    planned: Dict[Tuple[str, int], PlannedRun] = {}
     for row in selected:
         model_file = spec.models[scale][row.model]
         for seed in range(n_seeds):
-            bindings = [*spec.scale_bindings[scale], *row.bindings, f"TrainConfig.seed = {seed}"]
+            pretrained = planned[(row.pretrained, seed)] if row.pretrained else None
+            teacher = planned[(row.teacher, seed)] if row.teacher else None
+            bindings = [*spec.schedule_bindings(row, scale), *spec.task_binding(row, scale), *row.bindings,
+                        f"TrainConfig.seed = {seed}",
+                        *([f"FinetuneConfig.pretrained = '{pretrained.config_hash}'"] if pretrained else []),
+                        *([f"DistillConfig.teacher = '{teacher.config_hash}'"] if teacher else [])]
             cfg, operative = build([model_file], bindings)
             h = config_hash(cfg)
-            out.append(PlannedRun(row, seed, cfg, operative, h,
-                                  runs_dir / scale / spec.name / f"{slug(row.name)}-s{seed}-{h}"))
+            run_dir = runs_dir / scale / spec.name / f"{slug(row.name)}-s{seed}-{h}"
+            run = PlannedRun(row, seed, cfg, operative, h, run_dir, pretrained=pretrained, teacher=teacher,
+                             keeps_params=row.name in source_rows)
+            planned[(row.name, seed)] = run
+            out.append(run)
     return out
 
 
 def training_order(runs: Sequence[PlannedRun], first_rows: Sequence[str] = ()) -> List[PlannedRun]:
     """The order to train `runs` in: every seed of `first_rows` (a table's positive control) first, since
-    no other verdict counts until it passes; then the other rows seed by seed (every row's seed 0, then
-    every row's seed 1, ...), so a table stopped part-way already has each row's first seeds."""
+    no other verdict counts until it passes; then every seed of the rows that other rows start from or
+    learn from (so that parallel workers train the sources side by side instead of waiting on one); then
+    the other rows seed by seed (every row's seed 0, then every row's seed 1, ...), so a table stopped
+    part-way already has each row's first seeds."""
     first = [r for r in runs if r.row.name in first_rows]
-    rest = sorted((r for r in runs if r.row.name not in first_rows), key=lambda r: r.seed)  # stable: row order kept
-    return first + rest
+    sources = [r for r in runs if r.keeps_params and r.row.name not in first_rows]
+    rest = sorted((r for r in runs if r.row.name not in first_rows and not r.keeps_params),
+                  key=lambda r: r.seed)  # stable: row order kept
+    return first + sources + rest
 
 
 def run_status(run: PlannedRun) -> str:
@@ -119,8 +146,11 @@ def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[
     runs, `<results>/<scale>/logs/<table>/<run>/` (so a fresh clone continues a table instead of
     retraining what is already in results/); None if there is none."""
     roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
+    table = run.run_dir.parent.name
     for root in roots:
-        for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")):
+        # This table's own log first: a source re-trained on another machine (for its parameters) has its
+        # own numbers, and the table must show the run whose parameters its other rows used.
+        for d in sorted(sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")), key=lambda d: d.parent.name != table):
             if d == run.run_dir or not d.is_dir():
                 continue
             if run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
@@ -147,7 +177,8 @@ def reuse_finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Opt
 
 
 def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
-            echo: Callable[[str], None] = print, logs_dir: Optional[Path] = None) -> Dict[str, float]:
+            echo: Callable[[str], None] = print, logs_dir: Optional[Path] = None,
+            params_root: Optional[Path] = None) -> Dict[str, float]:
     """Trains every run that is not finished; returns wall seconds spent per run key. A new run whose
     identical twin already finished (in another table, or in the committed logs under `logs_dir`) is
     copied from it, not retrained.
@@ -155,10 +186,26 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
     Each run is trained while holding its directory's lock. A run that another process is training is
     put off: the other runs go first, then this process waits for that one and trains it only if the
     other process stopped before finishing it.
+
+    A run that other runs start from or learn from (a source: a pre-trained model, a teacher) must leave
+    its parameters behind: once finished, they are exported to `params_root/<run dir name>/` (see
+    `exported_params`), and such a run is re-trained, not copied, when neither an export nor a checkpoint of
+    it exists. Before a run that needs a source trains, the source is finished (or waited for) first.
     """
     spent: Dict[str, float] = {}
     labels = {run.run_dir: f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
               for i, run in enumerate(runs, 1)}
+    sources = {s.run_dir for run in runs for s in run.sources} | {r.run_dir for r in runs if r.keeps_params}
+
+    def one(run: PlannedRun, by_other: bool = False) -> None:
+        for src in run.sources:  # finished first, by this process or (waited for) by another
+            with run_dir_lock(src.run_dir):
+                _execute_one(src, labels.get(src.run_dir, f"{src.row.name} seed {src.seed} ({src.config_hash})"),
+                             train_fn, echo, spent, logs_dir=logs_dir, params_root=params_root, keep_params=True,
+                             quiet=True)
+        _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=by_other, logs_dir=logs_dir,
+                     params_root=params_root, keep_params=run.run_dir in sources)
+
     put_off = []
     for run in runs:
         lock = run_dir_lock(run.run_dir)
@@ -167,7 +214,7 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             put_off.append(run)
             continue
         try:
-            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, logs_dir=logs_dir)
+            one(run)
         finally:
             lock.release()
     for run in put_off:
@@ -176,27 +223,99 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
             echo(f"{labels[run.run_dir]}: waiting for {lock.holder()} to finish it")
             lock.acquire()
         try:
-            _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=True, logs_dir=logs_dir)
+            one(run, by_other=True)
         finally:
             lock.release()
     return spent
 
 
-def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], None], echo: Callable[[str], None],
-                 spent: Dict[str, float], by_other: bool = False, logs_dir: Optional[Path] = None) -> None:
-    """One run, with its lock held: skip it if finished, copy a finished twin, or train (resume) it."""
+class SourceRunError(RuntimeError):
+    """A run that others start from or learn from cannot give its parameters; the message says what to do."""
+
+
+def exported_params(run: PlannedRun, params_root: Optional[Path]) -> Optional[Path]:
+    """The exported final parameters of `run` (any table's export of the same configuration hash) under
+    `params_root` (results/<scale>/params), or None."""
+    if params_root is None or not Path(params_root).is_dir():
+        return None
+    for d in sorted(Path(params_root).glob(f"*-s{run.seed}-{run.config_hash}")):
+        if (d / "step.txt").exists():
+            return d
+    return None
+
+
+def has_checkpoint(run: PlannedRun) -> bool:
+    folder = run.run_dir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def export_source_params(run: PlannedRun, params_root: Path, echo: Callable[[str], None] = print,
+                         from_dir: Optional[Path] = None) -> Path:
+    """Exports a finished source run's final parameters from its latest checkpoint (in its run directory,
+    or in `from_dir`, a finished twin's) to params_root."""
+    from switchrepro.train import checkpoint, trainer
+
+    _, params, step = trainer.restore_params(run.config, from_dir or run.run_dir, echo=echo)
+    dest = Path(params_root) / run.run_dir.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.export_params(dest, params, step)
+    return dest
+
+
+def source_params(run: PlannedRun, params_root: Optional[Path], echo: Callable[[str], None] = print):
+    """(model, params, step) of a finished source run: its export if there is one, else its checkpoint."""
+    from switchrepro.train import trainer
+
     status = run_status(run)
+    if status == "diverged":
+        raise SourceRunError(f"{run.row.name} seed {run.seed} diverged ({run.run_dir}), so the rows that start from "
+                             "it or learn from it cannot run; change its configuration")
+    exported = exported_params(run, params_root)
+    if exported is None and not has_checkpoint(run):
+        raise SourceRunError(f"{run.row.name} seed {run.seed} has no exported parameters and no checkpoint in "
+                             f"{run.run_dir}; rerun the table to train it")
+    return trainer.load_params(run.config, run.run_dir, exported=exported, echo=echo)
+
+
+def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], None], echo: Callable[[str], None],
+                 spent: Dict[str, float], by_other: bool = False, logs_dir: Optional[Path] = None,
+                 params_root: Optional[Path] = None, keep_params: bool = False, quiet: bool = False) -> None:
+    """One run, with its lock held: skip it if finished, copy a finished twin, or train (resume) it. With
+    `keep_params` (other runs start from it), its parameters are exported once it is finished."""
+    status = run_status(run)
+    need_params = keep_params and params_root is not None and exported_params(run, params_root) is None
+    if status == "done" and need_params and not has_checkpoint(run):
+        if not (run.run_dir / "reused_from.txt").exists():
+            raise SourceRunError(f"{run.run_dir} is finished but has no checkpoint left, and other rows start from "
+                                 "its parameters: delete that directory to re-train it")
+        echo(f"{label}: its logs were copied from a finished twin, but later rows need its parameters; re-training it")
+        for f in run.run_dir.iterdir():  # the copied files only (reuse skips dot files: the lock stays)
+            if f.is_file() and not f.name.startswith("."):
+                f.unlink()
+        status = "new"
     if status in ("done", "diverged"):
-        echo(f"{label}: {status}{' by the other process' if by_other else ''}, not recomputed")
+        if not quiet:
+            echo(f"{label}: {status}{' by the other process' if by_other else ''}, not recomputed")
+        if need_params and status == "done":
+            echo(f"{label}: parameters exported to {export_source_params(run, params_root, echo)}")
         return
-    twin = reuse_finished_twin(run, logs_dir)
+    twin = reuse_finished_twin(run, None if need_params else logs_dir)  # local twins only, when parameters are needed
+    if twin is not None and need_params and not has_checkpoint(dataclasses.replace(run, run_dir=twin)):
+        for f in run.run_dir.iterdir():  # that twin cannot give parameters: undo the copy, train instead
+            if f.is_file() and not f.name.startswith("."):
+                f.unlink()
+        twin = None
     if twin is not None:
         echo(f"{label}: identical to the finished {twin}, reused")
+        if need_params:
+            echo(f"{label}: parameters exported to {export_source_params(run, params_root, echo, from_dir=twin)}")
         return
     echo(f"{label}: {'resuming' if status == 'partial' else 'training'} in {run.run_dir}")
     t0 = time.time()
     train_fn(run)
     spent[run.run_dir.name] = time.time() - t0
+    if need_params and run_status(run) == "done":
+        echo(f"{label}: parameters exported to {export_source_params(run, params_root, echo)}")
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -216,6 +335,7 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
         last = steps[-1] if steps else {}
         final_eval = evals[-1] if evals and diverged is None else {}
         moe = run.config.model.moe
+        peak = (peak_score(steps) if diverged is None else None) or {}
         results.append({
             "table": spec.name, "scale": scale, "row": run.row.name, "seed": run.seed,
             "config_hash": run.config_hash, "params": start["params"],
@@ -231,10 +351,15 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
             "fraction_dropped": final_eval.get("eval_fraction_dropped", np.nan),
             # The CPU and thread layout of the run's first process: compare rows only within one layout.
             "host": host_layout(start["host"]) if "host" in start else np.nan,
+            # Fine-tuning and distillation (tables 4 to 8): where the run started, and its downstream score.
+            "stage": run.row.stage, "task": run.config.data.task,
+            "pretrained_row": run.row.pretrained or "", "teacher_row": run.row.teacher or "",
+            "peak_score": peak.get("value", np.nan), "peak_step": peak.get("step", np.nan),
         })
         for r in evals:
             curves.append({"table": spec.name, "row": run.row.name, "seed": run.seed, "step": r["step"],
-                           "wall_seconds": r["wall_seconds"], "nlp": r["eval_neg_log_perplexity"]})
+                           "wall_seconds": r["wall_seconds"], "nlp": r["eval_neg_log_perplexity"],
+                           **({"score": r["eval_score"]} if "eval_score" in r else {})})
         if final_eval.get("eval_moe_layers") and run.seed == 0:
             loads[run.row.name] = {name: m["tokens_per_expert"] for name, m in final_eval["eval_moe_layers"].items()}
     return pd.DataFrame(results), pd.DataFrame(curves), loads

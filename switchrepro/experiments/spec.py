@@ -20,11 +20,32 @@ class Row:
       name: display name, as in the paper (e.g. "Switch-Base cf1.25").
       model: key into TableSpec.models[scale]: which gin model file this row starts from.
       bindings: gin bindings applied after the scale's bindings (e.g. "MoeConfig.capacity_factor_train = 1.0").
+      pretrained: another row of the table whose trained parameters (same seed) this row starts from and
+        fine-tunes (paper Tables 4, 5 and 8).
+      teacher: another row of the table whose trained model (same seed) this row learns from by
+        distillation (paper Tables 6 to 8).
+      task: a key of TableSpec.tasks: the downstream task this row trains on (None: pre-training data).
+      schedule: a key of TableSpec.schedules: the bindings that replace the scale's pre-training
+        schedule (None: "finetune" for rows with `pretrained`, the pre-training schedule otherwise).
     """
 
     name: str
     model: str
     bindings: Tuple[str, ...] = ()
+    pretrained: Optional[str] = None
+    teacher: Optional[str] = None
+    task: Optional[str] = None
+    schedule: Optional[str] = None
+
+    @property
+    def stage(self) -> str:
+        """'pretrain', 'finetune' (starts from `pretrained`) or 'distill' (learns from `teacher`; with
+        `pretrained` too, it is fine-tuned with distillation, as in paper Table 8)."""
+        return "distill" if self.teacher else "finetune" if self.pretrained else "pretrain"
+
+    @property
+    def sources(self) -> Tuple[str, ...]:
+        return tuple(r for r in (self.pretrained, self.teacher) if r)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +62,10 @@ class TableSpec:
       threshold: per scale, the negative log-perplexity that "time to quality" is measured against
         (the paper's -1.50 at paper scale); None for tables without a threshold.
       skip_rows: per scale, rows left out unless asked for by name (e.g. 128 experts on a CPU).
+      schedules: name -> per scale, bindings applied after scale_bindings to the rows with that schedule
+        (e.g. "finetune": steps, learning rate, dropout and evaluation cadence of fine-tuning).
+      tasks: per scale, task key -> seqio task name, or a list of bindings naming the task and its feature
+        lengths (e.g. {"mini": {"sentiment": "switchrepro_byte_sentiment"}}).
     """
 
     name: str
@@ -51,11 +76,40 @@ class TableSpec:
     seeds: Dict[str, int]
     threshold: Optional[Dict[str, float]] = None
     skip_rows: Optional[Dict[str, Tuple[str, ...]]] = None
+    schedules: Optional[Dict[str, Dict[str, Tuple[str, ...]]]] = None
+    tasks: Optional[Dict[str, Dict[str, object]]] = None
 
     def default_rows(self, scale: str) -> Tuple[Row, ...]:
-        """The rows a plain `run` trains at `scale`: all rows but that scale's skip_rows."""
+        """The rows a plain `run` trains at `scale`: all rows but that scale's skip_rows (and the rows that
+        those it keeps start from or learn from, skipped or not)."""
         skip = set((self.skip_rows or {}).get(scale, ()))
-        return tuple(r for r in self.rows if r.name not in skip)
+        return self.with_sources(r.name for r in self.rows if r.name not in skip)
+
+    def schedule_bindings(self, row: Row, scale: str) -> Tuple[str, ...]:
+        """The scale's bindings, then the row's schedule's (see Row.schedule)."""
+        name = row.schedule or ("finetune" if row.pretrained else None)
+        extra = (self.schedules or {}).get(name, {}).get(scale, ()) if name else ()
+        return (*self.scale_bindings[scale], *extra)
+
+    def task_binding(self, row: Row, scale: str) -> Tuple[str, ...]:
+        """The bindings of a row's downstream task at `scale`: TableSpec.tasks gives a seqio task name
+        (-> `DataConfig.task = '<name>'`) or a list of bindings (the task and its feature lengths); () for
+        pre-training rows."""
+        if not row.task:
+            return ()
+        task = self.tasks[scale][row.task]
+        return (f"DataConfig.task = '{task}'",) if isinstance(task, str) else tuple(task)
+
+    def with_sources(self, names) -> Tuple[Row, ...]:
+        """The rows named, preceded by every row they start from or learn from (recursively), in table order."""
+        wanted = set()
+        todo = list(names)
+        while todo:
+            row = self.row(todo.pop())
+            if row.name not in wanted:
+                wanted.add(row.name)
+                todo.extend(row.sources)
+        return tuple(r for r in self.rows if r.name in wanted)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -75,6 +129,23 @@ class TableSpec:
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise ValueError(f"table {self.name} has duplicate row names")
+        for i, r in enumerate(self.rows):
+            for src in r.sources:
+                _check_spec(src in names[:i], f"table {self.name}, row {r.name!r}: its source row {src!r} must be "
+                            "an earlier row of the table")
+            if r.schedule is not None:
+                _check_spec(r.schedule in (self.schedules or {}), f"table {self.name}, row {r.name!r}: no schedule "
+                            f"{r.schedule!r} in TableSpec.schedules")
+            if r.task is not None:
+                for scale in SCALES:
+                    _check_spec(r.task in (self.tasks or {}).get(scale, {}), f"table {self.name}, row {r.name!r}: "
+                                f"TableSpec.tasks[{scale!r}] has no task {r.task!r}")
+            if r.pretrained and not r.schedule:
+                _check_spec("finetune" in (self.schedules or {}), f"table {self.name}: row {r.name!r} fine-tunes, "
+                            "so TableSpec.schedules needs a 'finetune' entry")
+        for name, per_scale in (self.schedules or {}).items():
+            _check_spec(set(per_scale) == set(SCALES), f"table {self.name}: schedule {name!r} must give bindings "
+                        f"for every scale {SCALES}")
         for scale, skipped in (self.skip_rows or {}).items():
             unknown = sorted(set(skipped) - set(names))
             if scale not in SCALES or unknown:
@@ -82,15 +153,33 @@ class TableSpec:
         return self
 
 
+def _check_spec(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+ROW_KEYS = ("name", "model", "bindings", "pretrained", "teacher", "task", "schedule")
+
+
+def _row(r: dict) -> Row:
+    unknown = sorted(set(r) - set(ROW_KEYS))
+    _check_spec(not unknown, f"row {r.get('name')!r} has unknown keys {unknown}; a row takes {', '.join(ROW_KEYS)}")
+    return Row(name=r["name"], model=r["model"], bindings=tuple(r.get("bindings", ())), pretrained=r.get("pretrained"),
+               teacher=r.get("teacher"), task=r.get("task"), schedule=r.get("schedule"))
+
+
 def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, threshold=None,
-                    skip_rows=None) -> TableSpec:
+                    skip_rows=None, schedules=None, tasks=None) -> TableSpec:
     """Builds a TableSpec from the lists and dicts that gin parses (rows as dicts)."""
     return TableSpec(
         name=name, title=title,
-        rows=tuple(Row(name=r["name"], model=r["model"], bindings=tuple(r.get("bindings", ()))) for r in rows),
+        rows=tuple(_row(r) for r in rows),
         models={s: dict(m) for s, m in models.items()},
         scale_bindings={s: tuple(b) for s, b in scale_bindings.items()},
         seeds=dict(seeds),
         threshold=None if threshold is None else {s: float(v) for s, v in threshold.items()},
         skip_rows=None if skip_rows is None else {s: tuple(v) for s, v in skip_rows.items()},
+        schedules=None if schedules is None else {n: {s: tuple(b) for s, b in v.items()} for n, v in schedules.items()},
+        tasks=None if tasks is None else {s: {k: t if isinstance(t, str) else tuple(t) for k, t in v.items()}
+                                          for s, v in tasks.items()},
     ).validate()

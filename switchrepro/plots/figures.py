@@ -222,6 +222,72 @@ def expert_load_heatmaps(loads: Loads, out_dir: Path, *, prefix: str = "table1",
     return paths
 
 
+# ------------------------------------------------------------------------ fine-tuning and distillation
+
+
+def score_vs_step(curves: pd.DataFrame, out_dir: Path, *, prefix: str, scale: Optional[str] = None) -> list[Path]:
+    """Fine-tuning: validation score against fine-tuning step, one panel per task (rows named
+    "<model> / <task>"), one curve per row (mean over seeds, ±1 std band); the paper reports each curve's peak."""
+    if "score" not in curves or curves["score"].isna().all():
+        return []
+    scored = curves.dropna(subset=["score"])
+    tasks = list(dict.fromkeys(row.rsplit(" / ", 1)[-1] for row in scored["row"]))
+    fig = Figure(figsize=(5.0 * len(tasks), 4.2))
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks), i + 1)
+        for row in dict.fromkeys(r for r in scored["row"] if r.rsplit(" / ", 1)[-1] == task):
+            g = scored[scored["row"] == row].groupby("step")["score"]
+            mean, std, n = g.mean(), g.std(ddof=1), g.count()
+            (line,) = ax.plot(mean.index, mean.values, label=row.rsplit(" / ", 1)[0], lw=1.5)
+            band = n >= 2
+            if band.any():
+                ax.fill_between(mean.index[band], (mean - std)[band], (mean + std)[band], color=line.get_color(),
+                                alpha=0.15, lw=0)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel(f"{task}: validation score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _title(fig, "fine-tuning score vs step", prefix, scale)
+    return _save(fig, out_dir, f"{prefix}_score_vs_step")
+
+
+def gain_vs_compression(summary: pd.DataFrame, out_dir: Path, *, dense: str = "T5-Base", prefix: str = "table7",
+                        scale: Optional[str] = None, paper: Optional[pd.DataFrame] = None) -> list[Path]:
+    """Table 7: the share of the teacher's gain each distilled student keeps against the compression
+    1 - student params / teacher params, ours (error bars: the seed std of the student's NLP, as a share
+    of the gain) beside the paper's points."""
+    from switchrepro.experiments.claims import gain_kept
+
+    points = []
+    for row in summary.index:
+        teacher = summary.at[row, "teacher_row"] if "teacher_row" in summary else None
+        if not isinstance(teacher, str) or not teacher or teacher not in summary.index:
+            continue
+        share = gain_kept(summary, row, dense)
+        gain = summary.at[teacher, "nlp_mean"] - summary.at[dense, "nlp_mean"]
+        err = summary.at[row, "nlp_std"] / gain if gain > 0 else math.nan
+        points.append((row, 100 * (1 - summary.at[row, "params"] / summary.at[teacher, "params"]), 100 * share,
+                       100 * err))
+    if not points:
+        return []
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot()
+    ours = pd.DataFrame(points, columns=["row", "compression", "kept", "err"])
+    ax.errorbar(ours["compression"], ours["kept"], yerr=ours["err"].fillna(0), fmt="o", capsize=3, label="ours")
+    for _, r in ours.iterrows():
+        ax.annotate(r["row"], (r["compression"], r["kept"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if paper is not None and {"compression_percent", "gain_kept_percent"} <= set(paper.columns):
+        p = paper.dropna(subset=["compression_percent", "gain_kept_percent"])
+        ax.plot(p["compression_percent"], p["gain_kept_percent"], "s--", color="tab:gray", label="paper")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("compression (% of the teacher's parameters removed)")
+    ax.set_ylabel("teacher's gain kept by the student (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _title(ax, "distillation: gain kept vs compression (Table 7)", prefix, _scale(summary, scale))
+    return _save(fig, out_dir, f"{prefix}_gain_vs_compression")
+
+
 # ---------------------------------------------------------------------------------------- dispatcher
 
 
@@ -230,6 +296,8 @@ def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame]
     """Every figure of `table`:
     - scaling: Figures 4 left and right, 5 and 6;
     - table1: the speed-quality plane, quality vs step and the expert-load heatmaps;
+    - table4, table5, table8 (fine-tuning): validation score vs step, one panel per task;
+    - table7: the share of the teacher's gain kept against the compression, beside the paper's;
     - the other tables: quality vs step and a bar chart of final NLP.
     """
     summary = table_summary(table, results, curves, threshold)
@@ -251,6 +319,12 @@ def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame]
         paths += quality_vs_step(curves, out_dir, **kw) if has_curves else []
         paths += expert_load_heatmaps(loads, out_dir, **kw) if loads else []
         return paths
+    if table in ("table4", "table5", "table8"):
+        return score_vs_step(curves, out_dir, **kw) if has_curves else []
+    if table == "table7":
+        from switchrepro.experiments.paper import load_paper_table
+
+        paths += gain_vs_compression(summary, out_dir, paper=load_paper_table("table7"), **kw)
     paths += quality_vs_step(curves, out_dir, **kw) if has_curves else []
     paths += final_quality_bars(summary, out_dir, **kw)
     return paths

@@ -142,3 +142,38 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# ------------------------------------------------------------------------- exported final parameters
+
+
+def export_params(path: Path, params, step: int) -> None:
+    """Writes `params` (a finished run's final parameters, no optimizer state) to the orbax directory `path`,
+    written beside and renamed into place so a reader never sees half of it. Tables commit these under
+    results/<scale>/params/ so that a fresh clone fine-tunes or distils without re-training the source."""
+    path = Path(path).absolute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp / "params", params)
+        ckptr.wait_until_finished()
+    (tmp / "step.txt").write_text(f"{int(step)}\n")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def load_exported_params(path: Path, like):
+    """(params, step) from an `export_params` directory; `like` gives the tree, shapes and dtypes."""
+    path = Path(path).absolute()
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+        with ocp.StandardCheckpointer() as ckptr, _damage_reported_by_us():
+            params = ckptr.restore(path / "params", abstract)
+        step = int((path / "step.txt").read_text())
+    except Exception as e:  # orbax raises many types; the user needs one clear message
+        ignore_closed_loop_callbacks()
+        raise CheckpointError(f"exported parameters {path} do not restore ({short_reason(e)}); delete that "
+                              "directory to re-train its run", detail=f"{type(e).__name__}: {e}") from e
+    return params, step

@@ -467,6 +467,20 @@ def restore_params(cfg: ExperimentConfig, run_dir: Path, echo: Callable[[str], N
     return model, state.params, int(state.step)
 
 
+def load_params(cfg: ExperimentConfig, run_dir: Optional[Path] = None, exported: Optional[Path] = None,
+                echo: Callable[[str], None] = print):
+    """(model, params, step) of a finished run: from its exported parameters (`exported`, see
+    checkpoint.export_params) if given, else from the latest checkpoint in `run_dir` (`restore_params`)."""
+    from switchrepro.train import checkpoint
+
+    if exported is None:
+        return restore_params(cfg, run_dir, echo=echo)
+    model, params = init_params(cfg.model, jax.random.PRNGKey(cfg.train.seed), inputs_length=cfg.data.inputs_length,
+                                targets_length=cfg.data.targets_length)
+    params, step = checkpoint.load_exported_params(exported, params)
+    return model, params, step
+
+
 def _last_eval_row(rows) -> Dict[str, Any]:
     evals = [r for r in rows if "eval_neg_log_perplexity" in r and "event" not in r]
     return evals[-1] if evals else {}
