@@ -858,10 +858,11 @@ def report(scale, results_dir):
 
     from switchrepro.experiments import claims, runner
     from switchrepro.experiments import report as R
+    from switchrepro.experiments.paper import TABLES
     from switchrepro.plots import figures
 
     tables = {}
-    for table in ("table1", "table2", "table3", "table11", "scaling"):
+    for table in TABLES:
         saved = runner.load_saved(results_dir, scale, table)
         if saved is None:
             continue
