@@ -20,7 +20,7 @@ install:
 # Tests run in one pytest-xdist process per core (up to 2, as WORKERS below): most tests compile and run
 # tiny programs on one thread, so two processes halve the wall time on 2 cores.
 test:
-	$(BIN)/python -m pytest -n $(WORKERS) tests
+	$(BIN)/python -m pytest -n $(WORKERS) --durations=15 tests
 
 lint:
 	$(BIN)/ruff check switchrepro tests tools
