@@ -73,7 +73,7 @@ def test_rows_configure_what_they_say():
     assert (ft.model.dropout_rate, ft.model.moe.expert_dropout) == (0.1, 0.4)
     assert t4["Switch-Base (d=0.3) / sentiment"].model.dropout_rate == 0.3
     assert (ft.train.steps, ft.train.warmup_steps, ft.train.cooldown_steps) == (1000, 1000, 0)
-    assert math.isclose(ft.train.learning_rate / math.sqrt(ft.train.warmup_steps), 1e-3, rel_tol=1e-3)
+    assert math.isclose(ft.train.learning_rate / math.sqrt(ft.train.warmup_steps), 1e-2, rel_tol=1e-3)  # constant
     assert t4["T5-Base"].data.task == "switchrepro_byte_span20_corruption"  # sources keep pre-training data
 
     t8 = {r.row.name: r for r in _plan("table8", seeds=1)}
