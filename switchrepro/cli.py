@@ -414,19 +414,17 @@ def distill(gin_files, bindings, tfds_data_dir, teacher_run: Path, run_dir: Path
     if not teacher_run.is_dir():
         raise UserError(f"--teacher-run {teacher_run} does not exist")
     teacher_cfg = load_run_config(teacher_run)
-    cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    # Bound in gin (parse_config adds the DistillConfig), so the saved config.gin rebuilds the student's hash.
+    distill_bindings = [f"DistillConfig.teacher = '{config_hash(teacher_cfg)}'",
+                        f"DistillConfig.teacher_weight = {teacher_weight!r}",
+                        f"DistillConfig.temperature = {temperature!r}",
+                        f"DistillConfig.init_from_teacher = {init_from_teacher}"]
+    cfg, operative = parse_config(gin_files, [*_bindings_with_tfds(bindings, tfds_data_dir), *distill_bindings])
     if teacher_cfg.model.vocab_size != cfg.model.vocab_size or teacher_cfg.data.task != cfg.data.task:
         raise UserError(f"teacher and student must share the task and vocabulary: the teacher was trained on "
                         f"{teacher_cfg.data.task!r} ({teacher_cfg.model.vocab_size} ids), the student is configured "
                         f"for {cfg.data.task!r} ({cfg.model.vocab_size} ids); set the student's DataConfig.task and "
                         "ModelConfig.vocab_size to the teacher's")
-    cfg = dataclasses.replace(cfg, distill=C.DistillConfig(
-        teacher=config_hash(teacher_cfg), teacher_weight=teacher_weight, temperature=temperature,
-        init_from_teacher=init_from_teacher))
-    try:
-        cfg.validate()
-    except C.ConfigError as e:
-        raise UserError(str(e)) from e
     operative += (f"\n# distillation (from the command line): teacher run {teacher_run} (configuration "
                   f"{cfg.distill.teacher})\n# {cfg.distill}\n")
     teacher_model, teacher_params, teacher_step = _restore_run(teacher_cfg, teacher_run)
@@ -457,7 +455,10 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
     if not pretrained_run.is_dir():
         raise UserError(f"--pretrained-run {pretrained_run} does not exist")
     pre_cfg = load_run_config(pretrained_run)
-    cfg, operative = parse_config(gin_files, _bindings_with_tfds(bindings, tfds_data_dir))
+    # Bound in gin (parse_config adds the FinetuneConfig, with the files' own FinetuneConfig bindings), so the
+    # saved config.gin rebuilds the run's hash.
+    cfg, operative = parse_config(gin_files, [*_bindings_with_tfds(bindings, tfds_data_dir),
+                                              f"FinetuneConfig.pretrained = '{config_hash(pre_cfg)}'"])
     try:
         downstream_name(cfg.data.task)
     except ValueError as e:
@@ -466,15 +467,6 @@ def finetune(gin_files, bindings, tfds_data_dir, pretrained_run: Path, run_dir: 
         raise UserError(f"the pre-trained model has {pre_cfg.model.vocab_size} vocabulary ids, the fine-tuning "
                         f"config {cfg.model.vocab_size}; fine-tune on the variant of the task with the pre-trained "
                         "run's vocabulary (switchrepro_byte_<task> for byte models)")
-    try:  # FinetuneConfig's own bindings (e.g. FinetuneConfig.decode_examples) from the files just parsed
-        settings = _plain(_gin.FinetuneConfig())
-    except (ValueError, TypeError) as e:
-        raise UserError(f"gin: {str(e).splitlines()[0]}") from e
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(settings, pretrained=config_hash(pre_cfg)))
-    try:
-        cfg.validate()
-    except C.ConfigError as e:
-        raise UserError(str(e)) from e
     operative += (f"\n# fine-tuning (from the command line): pre-trained run {pretrained_run} (configuration "
                   f"{cfg.finetune.pretrained})\n# {cfg.finetune}\n")
     _, pre_params, pre_step = _restore_run(pre_cfg, pretrained_run)

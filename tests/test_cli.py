@@ -245,6 +245,10 @@ def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_r
     assert saved["model"]["moe"] is None
     assert saved["distill"] == {"teacher": config_hash(load_run_config(teacher_dir)), "teacher_weight": 0.25,
                                 "temperature": 1.0, "init_from_teacher": True}
+    from switchrepro.cli import parse_config  # the saved operative config rebuilds the student's configuration
+
+    rebuilt = parse_config([str(student_dir / "config.gin")], [])[0]
+    assert config_hash(rebuilt) == config_hash(load_run_config(student_dir))
     rows = [json.loads(line) for line in (student_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["event"] == "start" and rows[0]["init_from_teacher"]["copied"] > 0
     trained_rows = [r for r in rows if "distillation_loss" in r]
@@ -298,6 +302,9 @@ def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_p
     assert "fine-tuning from the pre-trained run" in result.output and "peak validation score" in result.output
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["finetune"]["pretrained"] == config_hash(load_run_config(pre_dir))
+    from switchrepro.cli import parse_config  # the saved operative config rebuilds the run's configuration
+
+    assert config_hash(parse_config([str(run_dir / "config.gin")], [])[0]) == config_hash(load_run_config(run_dir))
     assert saved["model"]["dropout_rate"] == 0.1 and saved["model"]["moe"]["expert_dropout"] == 0.4
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_score" in r and "event" not in r]

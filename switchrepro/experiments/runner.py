@@ -167,6 +167,13 @@ def reuse(run: PlannedRun, twin: Path) -> None:
     (run.run_dir / "reused_from.txt").write_text(f"{twin}\n")
 
 
+def _undo_reuse(run: PlannedRun) -> None:
+    """Removes the files `reuse` copied into run.run_dir (it copies no dot files, so the lock stays)."""
+    for f in run.run_dir.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            f.unlink()
+
+
 def reuse_finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[Path]:
     """For a run not yet started: copy its finished twin (see finished_twin) into run.run_dir and return
     the twin's path; None, touching nothing, if the run has started or has no finished twin."""
@@ -195,7 +202,6 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
     spent: Dict[str, float] = {}
     labels = {run.run_dir: f"[{i}/{len(runs)}] {run.row.name} seed {run.seed} ({run.config_hash})"
               for i, run in enumerate(runs, 1)}
-    sources = {s.run_dir for run in runs for s in run.sources} | {r.run_dir for r in runs if r.keeps_params}
 
     def one(run: PlannedRun, by_other: bool = False) -> None:
         for src in run.sources:  # finished first, by this process or (waited for) by another
@@ -204,7 +210,7 @@ def execute(runs: Sequence[PlannedRun], train_fn: Callable[[PlannedRun], None],
                              train_fn, echo, spent, logs_dir=logs_dir, params_root=params_root, keep_params=True,
                              quiet=True)
         _execute_one(run, labels[run.run_dir], train_fn, echo, spent, by_other=by_other, logs_dir=logs_dir,
-                     params_root=params_root, keep_params=run.run_dir in sources)
+                     params_root=params_root, keep_params=run.keeps_params)
 
     put_off = []
     for run in runs:
@@ -289,9 +295,7 @@ def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], N
             raise SourceRunError(f"{run.run_dir} is finished but has no checkpoint left, and other rows start from "
                                  "its parameters: delete that directory to re-train it")
         echo(f"{label}: its logs were copied from a finished twin, but later rows need its parameters; re-training it")
-        for f in run.run_dir.iterdir():  # the copied files only (reuse skips dot files: the lock stays)
-            if f.is_file() and not f.name.startswith("."):
-                f.unlink()
+        _undo_reuse(run)
         status = "new"
     if status in ("done", "diverged"):
         if not quiet:
@@ -301,9 +305,7 @@ def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], N
         return
     twin = reuse_finished_twin(run, None if need_params else logs_dir)  # local twins only, when parameters are needed
     if twin is not None and need_params and not has_checkpoint(dataclasses.replace(run, run_dir=twin)):
-        for f in run.run_dir.iterdir():  # that twin cannot give parameters: undo the copy, train instead
-            if f.is_file() and not f.name.startswith("."):
-                f.unlink()
+        _undo_reuse(run)  # that twin cannot give parameters: train instead
         twin = None
     if twin is not None:
         echo(f"{label}: identical to the finished {twin}, reused")
