@@ -154,7 +154,7 @@ def _columns(table: str, summary: pd.DataFrame, speedups: Mapping[str, float]) -
     if table in ("table4", "table5", "table8"):
         score = [("ours: peak score", _ours(_ours_score)), ("paper: score", lambda s, p: _paper(p, "score", 1)),
                  ("paper task", lambda s, p: _paper(p, "paper_task"))]
-        kept = [("ours: gain kept", lambda s, p: _kept(summary, s, "score")),
+        kept = [("ours: gain kept", lambda s, p: _kept(summary, s, table, "score")),
                 ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))] if table == "table8" else []
         task = lambda s: s.get("task", DASH) if s.get("stage") != "pretrain" else "pre-training"  # noqa: E731
         return [("ours: task", _ours(task)),
@@ -162,7 +162,7 @@ def _columns(table: str, summary: pd.DataFrame, speedups: Mapping[str, float]) -
     if table in ("table6", "table7"):
         out = [("ours: params", _ours(lambda s: _human(s.get("params", math.nan)))),
                ("paper: params", lambda s, p: _paper(p, "params_label")), *nlp,
-               ("ours: gain kept", lambda s, p: _kept(summary, s, "nlp")),
+               ("ours: gain kept", lambda s, p: _kept(summary, s, table, "nlp")),
                ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))]
         if table == "table7":
             out += [("ours: compression", lambda s, p: _compression(summary, s)),
@@ -177,12 +177,11 @@ def _ours_score(s: pd.Series) -> str:
     return DASH if n == 0 else f"{_mean_std(s['score_mean'], s['score_std'], n, 1)} (n={n})"
 
 
-def _kept(summary: pd.DataFrame, s: Optional[pd.Series], metric: str) -> str:
-    """A distilled row's share of its teacher's gain over the dense row it is compared with."""
+def _kept(summary: pd.DataFrame, s: Optional[pd.Series], table: str, metric: str) -> str:
+    """A distilled row's share of its teacher's gain over the table's dense baseline row."""
     if s is None or not s.get("teacher_row"):
         return DASH
-    dense = "T5-Base / sentiment" if metric == "score" else "T5-Base"
-    share = C.gain_kept(summary, s.name, dense, metric)
+    share = C.gain_kept(summary, s.name, C.DISTILLATION_BASELINE[table], metric)
     return DASH if _isnan(share) else f"{100 * share:.0f}%"
 
 

@@ -475,10 +475,10 @@ def load_params(cfg: ExperimentConfig, run_dir: Optional[Path] = None, exported:
 
     if exported is None:
         return restore_params(cfg, run_dir, echo=echo)
-    model, params = init_params(cfg.model, jax.random.PRNGKey(cfg.train.seed), inputs_length=cfg.data.inputs_length,
-                                targets_length=cfg.data.targets_length)
-    params, step = checkpoint.load_exported_params(exported, params)
-    return model, params, step
+    shapes = jax.eval_shape(lambda: init_params(cfg.model, jax.random.PRNGKey(0), inputs_length=cfg.data.inputs_length,
+                                                targets_length=cfg.data.targets_length)[1])  # shapes only, no init
+    params, step = checkpoint.load_exported_params(exported, shapes)
+    return Transformer(cfg.model), params, step
 
 
 def _last_eval_row(rows) -> Dict[str, Any]:
