@@ -32,9 +32,9 @@ Grouping and capacity (the one semantic difference that matters for speed):
   groups: per stack C_hf = max(min_capacity, round(capacity_factor * sequence_length / E)); since HF has
   one config value, `build_hf_model` sets each router's `expert_capacity` per stack.
 
-Optimiser: ours is the trainer's (`trainer.make_optimizer`: optax Adafactor, factored second moments,
-decay 0.8, update clipping 1.0, updates relative to parameter scale, no momentum, eps 1e-30; learning
-rate 1/sqrt(max(step, 100)) = 0.1 over the first 100 steps). HF's default is
+Optimiser: ours is the trainer's (`trainer.make_optimizer`: optax's Adafactor, fused per parameter,
+factored second moments, decay 0.8, update clipping 1.0, updates relative to parameter scale, no momentum,
+eps 1e-30; learning rate 1/sqrt(max(step, 100)) = 0.1 over the first 100 steps). HF's default is
 `transformers.optimization.Adafactor(lr=0.1, scale_parameter=True, relative_step=False, warmup_init=False,
 decay_rate=-0.8, clip_threshold=1.0, beta1=None, eps=(1e-30, 1e-3))`, the same update at a fixed rate;
 `--hf-optimizer torch` uses `torch.optim.Adafactor(lr=0.1, beta2_decay=-0.8, d=1.0, eps=(None, 1e-3))`,

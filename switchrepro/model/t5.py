@@ -134,6 +134,39 @@ def _softmax_backward(y, g):
 softmax_last_axis.defvjp(_softmax_forward, _softmax_backward)
 
 
+@jax.custom_vjp
+def add_bias(logits: Array, bias: Array) -> Array:
+    """`logits + bias` for a bias that broadcasts over leading axes (`<float32>[1, heads, q, k]` position
+    bias, `<float32>[batch, 1, q, k]` mask), with the bias's gradient summed by a matmul with ones.
+
+    Same values; the gradient differs from jax's by summation order only. jax sums a broadcast's
+    cotangent with a reduce over the batch axis, which XLA's CPU backend runs at about 1 GB/s (YNNPACK,
+    a non-minor axis): 10-50 ms per stack at batch 32 x 128 x 128 x 4 heads, against 1 ms as a matvec.
+    """
+    return logits + bias
+
+
+def _add_bias_forward(logits, bias):
+    return logits + bias, bias  # (bias is live anyway: every layer of the stack adds it)
+
+
+def _add_bias_backward(bias, g):
+    bias_shape = bias.shape
+    axes = [i for i, (b, n) in enumerate(zip(bias_shape, g.shape, strict=True)) if b == 1 and n > 1]
+    if not axes:
+        return g, g
+    if axes != list(range(len(axes))):  # reduced axes first (the mask's heads axis: its cotangent is unused)
+        g_bias = jnp.transpose(g, axes + [i for i in range(g.ndim) if i not in axes])
+    else:
+        g_bias = g
+    rows = int(np.prod([g.shape[i] for i in axes]))
+    g_bias = jnp.ones((rows,), g.dtype) @ g_bias.reshape(rows, -1)
+    return g, g_bias.reshape(bias_shape)
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
 class Attention(nn.Module):
     """Multi-head dot-product attention without biases (no bias *vectors*: the additive attention bias
     `<float32>[batch, 1|heads, q, k]` from `attention_bias` carries the mask and relative positions)."""
@@ -152,7 +185,7 @@ class Attention(nn.Module):
         q = q / np.sqrt(c.d_kv).astype(q.dtype)  # scale the small q, not the [b, h, q, k] logits (as flaxformer)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         for b in bias:
-            logits = logits + b
+            logits = add_bias(logits, b)
         weights = softmax_last_axis(logits).astype(self.dtype)  # float32 for stability
         weights = nn.Dropout(c.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (inner,))

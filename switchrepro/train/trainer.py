@@ -26,6 +26,7 @@ import optax
 
 from switchrepro.config import DistillConfig, ExperimentConfig, ModelConfig, TrainConfig
 from switchrepro.model.t5 import Transformer, count_params, init_params
+from switchrepro.train import adafactor
 from switchrepro.train import distill as distill_lib
 from switchrepro.train.host import describe as describe_host
 from switchrepro.train.metrics_log import MetricsLog
@@ -52,10 +53,10 @@ def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], Any]:
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """Adafactor with T5's defaults (factored second moments, decay 0.8, update clipping 1.0,
-    updates relative to parameter scale, no momentum)."""
-    return optax.adafactor(learning_rate=learning_rate_schedule(cfg), min_dim_size_to_factor=128,
-                           decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True,
-                           momentum=None, eps=1e-30)
+    updates relative to parameter scale, no momentum): `optax.adafactor`'s arithmetic and state, fused
+    per parameter (train/adafactor.py)."""
+    return adafactor.adafactor(learning_rate=learning_rate_schedule(cfg), min_dim_size_to_factor=128,
+                               decay_rate=0.8, clipping_threshold=1.0, eps=1e-30)
 
 
 @flax.struct.dataclass
