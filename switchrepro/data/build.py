@@ -3,7 +3,8 @@
 Every step is a pure function of the pinned tarballs and the settings below, so a rebuild
 gives byte-identical shards (gzip mtime 0, no file name in the header) and manifest.
 
-    build_all()                      fetch + corpus + vocabulary + downstream tasks (`switchrepro data build`)
+    build_all()                      fetch + corpus + vocabulary + downstream tasks + the multilingual corpus
+                                     (`switchrepro data build`)
     build_corpus(raw_dir, out_dir)   shards + manifest.json from already fetched tarballs
     downstream.build_downstream()    the fine-tuning tasks alone (`python -m switchrepro.data.downstream build`)
 """
@@ -179,7 +180,8 @@ def write_manifest(manifest: dict, out_dir: Optional[Path] = None) -> Path:
 
 def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, log=print) -> dict:
     """Fetch the pinned tarballs, build the corpus shards, train the vocabulary, then build the downstream
-    (fine-tuning) tasks from the new corpus and their own pins; return the corpus manifest.
+    (fine-tuning) tasks from the new corpus and their own pins, and the multilingual corpus from its pin;
+    return the corpus manifest.
 
     raw_dir defaults to <cache root>/raw (outside the repo); out_dir to switchrepro/data/embedded.
     """
@@ -202,6 +204,9 @@ def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, lo
     from switchrepro.data import downstream
 
     downstream.build_downstream(raw_dir, out_dir, log=log)
+    from switchrepro.data import multilingual
+
+    multilingual.build_multilingual(raw_dir, out_dir, log=log)
     log(f"done in {time.time() - t0:.0f}s: {out_dir}")
     return manifest
 

@@ -1,7 +1,8 @@
 """Check the committed data artefacts against manifest.json (`python -m switchrepro.data.verify`).
 
-    verify_embedded(root=None) -> dict   re-hash every shard, the vocab and the downstream task files
-                                         (downstream/manifest.json); DataError names a bad file
+    verify_embedded(root=None) -> dict   re-hash every shard, the vocab, the downstream task files
+                                         (downstream/manifest.json) and the multilingual corpus
+                                         (multilingual/manifest.json); DataError names a bad file
     info(root=None, cache_dir=None) -> dict   summary for `switchrepro data info`
 """
 
@@ -44,7 +45,29 @@ def verify_embedded(root: Optional[Path] = None) -> dict:
         raise DataError(f"{stray[0]} is not listed in manifest.json (stale shard?); {_REBUILD}")
     out = summary(manifest)
     out["downstream"] = verify_downstream(root)
+    out["multilingual"] = verify_multilingual(root)
     return out
+
+
+def verify_multilingual(root: Optional[Path] = None) -> dict:
+    """Re-hash the multilingual corpus files; return multilingual_counts()."""
+    from switchrepro.data import multilingual
+
+    root = embedded_dir(root)
+    manifest = multilingual.load_manifest(root)
+    for entry in manifest["files"]:
+        _check_file(root, entry)
+    listed = {root / e["path"] for e in manifest["files"]}
+    stray = sorted(p for p in (root / "multilingual").glob("*.jsonl.gz") if p not in listed)
+    if stray:
+        raise DataError(f"{stray[0]} is not listed in {multilingual.MANIFEST} (stale file?); {_REBUILD}")
+    return multilingual_counts(manifest)
+
+
+def multilingual_counts(manifest: dict) -> dict:
+    return {"languages": len(manifest["languages"]),
+            "mc4": sum(v is not None for v in manifest["mc4_versions"].values()),
+            **{e["split"]: e["records"] for e in manifest["files"]}}
 
 
 def verify_downstream(root: Optional[Path] = None) -> dict:
@@ -101,6 +124,12 @@ def info(root: Optional[Path] = None, cache_dir: Optional[str] = None) -> dict:
             out["downstream"].setdefault(e["task"], {})[e["split"]] = e["examples"]
     except DataError:
         out["downstream"] = {}
+    try:
+        from switchrepro.data import multilingual
+
+        out["multilingual"] = multilingual_counts(multilingual.load_manifest(root))
+    except DataError:
+        out["multilingual"] = {}
     out["embedded_dir"] = str(root)
     croot = cache_root(cache_dir)
     out["cache_dir"] = str(croot)
@@ -117,6 +146,10 @@ def one_line(s: dict) -> str:
     if s.get("downstream"):
         line += "; downstream " + ", ".join(f"{t} {c.get('train', 0):,}/{c.get('validation', 0):,}"
                                             for t, c in s["downstream"].items())
+    if s.get("multilingual"):
+        m = s["multilingual"]
+        line += (f"; multilingual {m['languages']} languages ({m['mc4']} mC4), "
+                 f"{m.get('train', 0):,}/{m.get('validation', 0):,} articles")
     return line
 
 
