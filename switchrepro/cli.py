@@ -651,8 +651,8 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
         import pandas as pd
 
         plan = runner.dry_run_table(runs, log_roots=[results_dir / scale, runs_dir / scale])
-        committed = results_dir / scale / "logs"
-        plan["status"] = ["committed" if s == "new" and runner.finished_twin(r, committed) else s
+        committed, params = results_dir / scale / "logs", results_dir / scale / "params"
+        plan["status"] = ["committed" if s == "new" and runner.finished_twin(r, committed, params) else s
                           for s, r in zip(plan["status"], runs, strict=True)]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             click.echo(plan.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
@@ -669,7 +669,7 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
     if collect_only:
         ensure_writable(results_dir, "--results-dir")
         for r in runs:  # finished twins are copied, as a training run would; nothing else is touched
-            runner.reuse_finished_twin(r, results_dir / scale / "logs")
+            runner.reuse_finished_twin(r, results_dir / scale / "logs", results_dir / scale / "params")
     else:
         _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
                      distributed, coordinator, num_processes, process_id, runs)

@@ -319,6 +319,27 @@ def test_a_tables_own_committed_log_is_preferred_to_a_twin_of_another_table(tmp_
     assert runner.finished_twin(run, logs) == logs / "table6" / run.run_dir.name
 
 
+def test_the_twin_whose_parameters_were_exported_is_preferred(tmp_path):
+    # table7's 8-expert teacher is table6's Switch-Base (re-trained here for its parameters, exported) and
+    # scaling's Switch 8e (trained elsewhere): the students learned from table6's run, so table7 shows it.
+    run = runner.plan(parse_table("table7"), "mini", parse_config, tmp_path / "runs", seeds=1, rows=["Switch 8e"])[0]
+    logs, params = tmp_path / "logs", tmp_path / "params"
+    h = run.run_dir.name.split("-s0-")[1]
+    for table, name in (("scaling", f"Switch_8e-s0-{h}"), ("table6", f"Switch_Base-s0-{h}")):
+        _finish(dataclasses_replace_dir(run, logs / table / name))
+    assert runner.finished_twin(run, logs) == logs / "scaling" / f"Switch_8e-s0-{h}"  # no export: by path
+    (params / f"Switch_Base-s0-{h}").mkdir(parents=True)
+    (params / f"Switch_Base-s0-{h}" / "step.txt").write_text("3000\n")
+    assert runner.finished_twin(run, logs, params) == logs / "table6" / f"Switch_Base-s0-{h}"
+    # among local runs, an original beats a copy of one
+    runs = tmp_path / "runs" / "mini"
+    copy, original = runs / "scaling" / f"Switch_8e-s0-{h}", runs / "table1" / f"Switch_Base_cf1.25-s0-{h}"
+    for d in (copy, original):
+        _finish(dataclasses_replace_dir(run, d))
+    (copy / "reused_from.txt").write_text("elsewhere\n")
+    assert runner.finished_twin(run) == original
+
+
 def test_fine_tuning_and_distillation_figures(tmp_path):
     from switchrepro.plots import figures
 

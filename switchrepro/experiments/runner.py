@@ -140,17 +140,26 @@ def run_status(run: PlannedRun) -> str:
     return "partial" if (run.run_dir / "checkpoints").exists() else "new"
 
 
-def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[Path]:
+def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None,
+                  params_root: Optional[Path] = None) -> Optional[Path]:
     """A finished run with the same config hash (and so the same seed and metrics): in another table at
     the same scale (e.g. T5-Base in both table1 and scaling), else among the committed logs of finished
     runs, `<results>/<scale>/logs/<table>/<run>/` (so a fresh clone continues a table instead of
-    retraining what is already in results/); None if there is none."""
+    retraining what is already in results/); None if there is none.
+
+    Among several twins of a root: this table's own run first; then the run whose parameters were
+    exported to `params_root` (its directory has the export's name), since the rows that start from or
+    learn from this configuration used those parameters; then a run over a copy of one; then by path."""
     roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
     table = run.run_dir.parent.name
+    exported = exported_params(run, params_root)
+
+    def preference(d: Path):
+        return (d.parent.name != table, exported is not None and d.name != exported.name,
+                (d / "reused_from.txt").exists(), str(d))
+
     for root in roots:
-        # This table's own log first: a source re-trained on another machine (for its parameters) has its
-        # own numbers, and the table must show the run whose parameters its other rows used.
-        for d in sorted(sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}")), key=lambda d: d.parent.name != table):
+        for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}"), key=preference):
             if d == run.run_dir or not d.is_dir():
                 continue
             if run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
@@ -174,10 +183,11 @@ def _undo_reuse(run: PlannedRun) -> None:
             f.unlink()
 
 
-def reuse_finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None) -> Optional[Path]:
+def reuse_finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None,
+                        params_root: Optional[Path] = None) -> Optional[Path]:
     """For a run not yet started: copy its finished twin (see finished_twin) into run.run_dir and return
     the twin's path; None, touching nothing, if the run has started or has no finished twin."""
-    twin = finished_twin(run, logs_dir) if run_status(run) == "new" else None
+    twin = finished_twin(run, logs_dir, params_root) if run_status(run) == "new" else None
     if twin is not None:
         reuse(run, twin)
     return twin
@@ -303,7 +313,8 @@ def _execute_one(run: PlannedRun, label: str, train_fn: Callable[[PlannedRun], N
         if need_params and status == "done":
             echo(f"{label}: parameters exported to {export_source_params(run, params_root, echo)}")
         return
-    twin = reuse_finished_twin(run, None if need_params else logs_dir)  # local twins only, when parameters are needed
+    # local twins only, when parameters are needed
+    twin = reuse_finished_twin(run, None if need_params else logs_dir, params_root)
     if twin is not None and need_params and not has_checkpoint(dataclasses.replace(run, run_dir=twin)):
         _undo_reuse(run)  # that twin cannot give parameters: train instead
         twin = None
