@@ -31,18 +31,24 @@ def _check_file(root: Path, entry: dict) -> None:
         raise DataError(f"{path} sha256 {digest} does not match manifest.json ({entry['sha256']}); {_REBUILD}")
 
 
+def _check_listed(root: Path, entries: list, pattern: str, manifest_name: str) -> None:
+    """Re-hash every file a manifest lists; a file matching `pattern` that it does not list is stale."""
+    for entry in entries:
+        _check_file(root, entry)
+    listed = {root / e["path"] for e in entries}
+    stray = sorted(p for p in root.glob(pattern) if p not in listed)
+    if stray:
+        raise DataError(f"{stray[0]} is not listed in {manifest_name} (stale file?); {_REBUILD}")
+
+
 def verify_embedded(root: Optional[Path] = None) -> dict:
     """Re-hash every committed shard and the SentencePiece model; return summary() if all match."""
     root = embedded_dir(root)
     manifest = load_manifest(root)
     if not manifest.get("vocab"):
         raise DataError(f"{root / 'manifest.json'} has no vocab entry; rebuild with `switchrepro data build`")
-    for entry in manifest["shards"] + [manifest["vocab"]]:
-        _check_file(root, entry)
-    listed = {root / e["path"] for e in manifest["shards"]}
-    stray = sorted(p for p in (root / "corpus").glob("*.jsonl.gz") if p not in listed)
-    if stray:
-        raise DataError(f"{stray[0]} is not listed in manifest.json (stale shard?); {_REBUILD}")
+    _check_file(root, manifest["vocab"])
+    _check_listed(root, manifest["shards"], "corpus/*.jsonl.gz", "manifest.json")
     out = summary(manifest)
     out["downstream"] = verify_downstream(root)
     out["multilingual"] = verify_multilingual(root)
@@ -55,12 +61,7 @@ def verify_multilingual(root: Optional[Path] = None) -> dict:
 
     root = embedded_dir(root)
     manifest = multilingual.load_manifest(root)
-    for entry in manifest["files"]:
-        _check_file(root, entry)
-    listed = {root / e["path"] for e in manifest["files"]}
-    stray = sorted(p for p in (root / "multilingual").glob("*.jsonl.gz") if p not in listed)
-    if stray:
-        raise DataError(f"{stray[0]} is not listed in {multilingual.MANIFEST} (stale file?); {_REBUILD}")
+    _check_listed(root, manifest["files"], "multilingual/*.jsonl.gz", multilingual.MANIFEST)
     return multilingual_counts(manifest)
 
 
@@ -82,12 +83,7 @@ def verify_downstream(root: Optional[Path] = None) -> dict:
                         "differs from manifest.json's sha256); rebuild it with `python -m "
                         "switchrepro.data.downstream build`, or restore both with `git checkout -- "
                         "switchrepro/data/embedded`")
-    for entry in manifest["files"]:
-        _check_file(root, entry)
-    listed = {root / e["path"] for e in manifest["files"]}
-    stray = sorted(p for p in (root / "downstream").glob("*/*.jsonl.gz") if p not in listed)
-    if stray:
-        raise DataError(f"{stray[0]} is not listed in {DOWNSTREAM_MANIFEST} (stale file?); {_REBUILD}")
+    _check_listed(root, manifest["files"], "downstream/*/*.jsonl.gz", DOWNSTREAM_MANIFEST)
     counts: dict = {}
     for e in manifest["files"]:
         counts.setdefault(e["task"], {})[e["split"]] = e["examples"]
