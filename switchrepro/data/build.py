@@ -201,11 +201,9 @@ def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, lo
     vocab.add_token_counts(manifest, out_dir)
     write_manifest(manifest, out_dir)
     # After the corpus manifest is final: spam and cloze_qa are cut from the corpus and record its sha256.
-    from switchrepro.data import downstream
+    from switchrepro.data import downstream, multilingual
 
     downstream.build_downstream(raw_dir, out_dir, log=log)
-    from switchrepro.data import multilingual
-
     multilingual.build_multilingual(raw_dir, out_dir, log=log)
     log(f"done in {time.time() - t0:.0f}s: {out_dir}")
     return manifest

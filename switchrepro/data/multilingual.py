@@ -11,10 +11,11 @@ articles are aligned across languages, and that decides the split:
     training            the preamble (article 0) and the other 25 articles
 
 Languages. A "language" is one version of the declaration. For the paper's 101 mC4 languages,
-`MC4_VERSIONS` names the version that stands in for each (100 are present; Sindhi is not): the version
+`mc4_versions` gives the version that stands in for each (100 are present; Sindhi is not): the version
 whose BCP 47 tag is the mC4 code where there is one, and otherwise the standard modern variant named in
 `MC4_CHOICES` (e.g. zh -> Simplified Mandarin, pt -> European Portuguese, fil -> Tagalog). The "all
-languages" view keeps one complete version per ISO 639-3 code (the first by version code).
+languages" view (`one_version_per_language`) keeps one complete version per ISO 639-3 code: the mC4
+choice if there is one, else the version whose code is the ISO code, else the first by version code.
 
 Sampling. mT5 samples languages with probability proportional to n_L ** alpha, alpha = 0.3, where n_L is
 the language's share of the data; `sampling_table` computes it from training bytes (byte vocabulary:
