@@ -681,6 +681,7 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
         spec, scale, build, runs_dir, seeds=max(seeds or 0, spec.seeds[scale]),
         rows=list(dict.fromkeys([*(r.name for r in spec.default_rows(scale)), *(row_names or [])])))
     results, curves, loads = runner.collect(spec, scale, everything)
+    languages = runner.collect_languages(spec, everything)
     meta = {"command": shlex.join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
             "seeds": int(results["seed"].nunique()) if len(results) else 0,
             "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
@@ -696,9 +697,9 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
                          f"({speed[1].get('date', '?')}; {speed[1].get('host', '?')}): every row timed in one "
                          "sitting, seed s taking timing round s mod rounds; the training logs' own speeds "
                          "depend on what else shared the machine")
-    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta)
+    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta, languages=languages)
     click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
-    _print_table(spec, scale, results, curves)
+    _print_table(spec, scale, results, curves, languages)
 
 
 def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
@@ -786,15 +787,17 @@ def run_workers(args, workers: int) -> None:
                         + "; its error is above. Finished runs are kept: rerun the same command to continue")
 
 
-def _print_table(spec, scale, results, curves):
+def _print_table(spec, scale, results, curves, languages=None):
     from switchrepro.experiments import claims, paper, report
 
     if results.empty:
         return
     threshold = (spec.threshold or {}).get(scale)
     summary = claims.table_summary(spec.name, results, curves, threshold)
-    verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold)
+    verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold, languages=languages)
     click.echo(report.format_console(spec.name, summary, paper.load_paper_table(spec.name), verdicts, curves=curves))
+    if languages is not None and len(languages):
+        click.echo(report.language_summary_markdown(languages))
 
 
 def _load_table(table, scale, results_dir):
@@ -817,11 +820,16 @@ PLOT_ALIASES = {"scaling": "scaling", "speed-quality": "table1"}
               show_default=True)
 def plot(what, scale, results_dir):
     """Draw WHAT (scaling, speed-quality, or a table name) as PNG and SVG under results/<scale>/plots/."""
+    from switchrepro.experiments import runner
     from switchrepro.plots import figures
 
     table = PLOT_ALIASES.get(what, what)
     spec = parse_table(table)
     results, curves, loads, _ = _load_table(table, scale, results_dir)
+    try:
+        languages = runner.load_languages(results_dir, scale, table)
+    except runner.ResultsError as e:
+        raise UserError(str(e)) from None
     out_dir = results_dir / scale / "plots"
     threshold = (spec.threshold or {}).get(scale)
     if what == "speed-quality":
@@ -830,7 +838,7 @@ def plot(what, scale, results_dir):
         paths = figures.speed_quality(claims.table_summary(table, results, curves, threshold), out_dir,
                                       prefix=table, scale=scale)
     else:
-        paths = figures.plot_table(table, results, curves, loads, out_dir, threshold=threshold)
+        paths = figures.plot_table(table, results, curves, loads, out_dir, threshold=threshold, languages=languages)
     for p in paths:
         click.echo(str(p))
 
@@ -861,9 +869,16 @@ def report(scale, results_dir):
         results, curves, loads, meta = saved
         spec = parse_table(table)
         threshold = (spec.threshold or {}).get(scale)
-        verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold)
-        plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold)
+        try:
+            languages = runner.load_languages(results_dir, scale, table)
+        except runner.ResultsError as e:
+            raise UserError(str(e)) from None
+        verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold, languages=languages)
+        plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold,
+                                   languages=languages)
         meta = {**meta, "threshold": threshold, "wall_seconds": meta.get("train_seconds_total")}
+        if languages is not None and len(languages):
+            meta["languages"] = R.language_summary_markdown(languages)
         notes_dir = results_dir / scale / "notes"
         if (notes_dir / f"{table}.md").exists():
             meta["notes"] = (notes_dir / f"{table}.md").read_text()

@@ -27,7 +27,7 @@ def _run(dirs, *args, env=None):
 
 
 def test_every_table_parses_and_plans():
-    for table in ("table1", "table2", "table3", "table11", "scaling"):
+    for table in ("table1", "table2", "table3", "table11", "scaling", "multilingual"):
         spec = parse_table(table)
         for scale in ("smoke", "mini", "paper"):
             runs = runner.plan(spec, scale, parse_config, runner_dir := __import__("pathlib").Path("/nonexistent"))

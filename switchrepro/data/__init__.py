@@ -29,6 +29,10 @@ BYTE_SPAN_CORRUPTION_TASK = "switchrepro_byte_span_corruption"
 BYTE_SPAN20_CORRUPTION_TASK = "switchrepro_byte_span20_corruption"
 C4_TASK = "c4_span_corruption"
 C4_TFDS_NAME = "c4/en:3.1.0"
+# Multilingual pre-training (byte level, ByT5's span 20): the embedded UDHR corpus (multilingual.py), or mC4.
+UDHR_TASK = "switchrepro_byte_udhr_span20_corruption"
+MC4_TASK = "mc4_byte_span20_corruption"
+MC4_TFDS_NAME = "c4/multilingual:3.1.0"
 BYTE_EXTRA_IDS = 125  # 3 specials + 256 bytes + 125 sentinels = 384 ids (a multiple of 128)
 
 
@@ -46,6 +50,8 @@ class TaskInfo:
       metrics: keys of the scores switchrepro.data.downstream.score returns for the task, e.g.
         ("accuracy",) or ("em", "f1"); () for span corruption.
       tfds_name: the TFDS dataset a benchmark task reads ("glue/sst2:2.0.0"); None for embedded data.
+      multilingual: every example comes from one language, and the validation cache keeps each row's
+        language (evaluation reports a negative log-perplexity per language).
     """
 
     vocabulary: str
@@ -55,6 +61,7 @@ class TaskInfo:
     kind: str = "span_corruption"
     metrics: tuple = ()
     tfds_name: Optional[str] = None
+    multilingual: bool = False
 
 
 TASK_INFO = {
@@ -66,6 +73,8 @@ TASK_INFO = {
     # ByT5's own setting: one ~20-byte span per 128-byte input, so filling it is mostly language knowledge.
     BYTE_SPAN20_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0),
     C4_TASK: TaskInfo("spm8k", 8192, 0.15, 3.0),
+    UDHR_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True),
+    MC4_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True, tfds_name=MC4_TFDS_NAME),
 }
 
 # Offline fine-tuning tasks (embedded/downstream/<task>/{train,validation}.jsonl.gz, built by downstream.py):
@@ -185,6 +194,22 @@ def require_c4(tfds_data_dir: Optional[str]) -> Path:
     if not tfds_data_dir:
         raise DataError(f"no tfds_data_dir given. {how}")
     version_dir = Path(tfds_data_dir).expanduser() / "c4" / "en" / "3.1.0"
+    if not (version_dir / "dataset_info.json").is_file():
+        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
+    return Path(tfds_data_dir).expanduser()
+
+
+def require_mc4(tfds_data_dir: Optional[str]) -> Path:
+    """Return the TFDS data dir if it holds c4/multilingual/3.1.0, else raise DataError (one line) saying what
+    to prepare."""
+    how = (f"The task {MC4_TASK!r} reads TFDS {MC4_TFDS_NAME!r} and needs a prepared copy: pass "
+           "DataConfig.tfds_data_dir (or --tfds-data-dir) pointing at a directory that contains "
+           "c4/multilingual/3.1.0/ (dataset_info.json and the tfrecord shards), e.g. one prepared with "
+           f"`tfds build {MC4_TFDS_NAME} --data_dir DIR` on a machine that can reach the raw files. Use task "
+           f"{UDHR_TASK!r} for the embedded offline multilingual corpus.")
+    if not tfds_data_dir:
+        raise DataError(f"no tfds_data_dir given. {how}")
+    version_dir = Path(tfds_data_dir).expanduser() / tfds_dir_of(MC4_TFDS_NAME)
     if not (version_dir / "dataset_info.json").is_file():
         raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
     return Path(tfds_data_dir).expanduser()

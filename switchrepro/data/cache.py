@@ -6,6 +6,8 @@ stored as one .npy per model feature plus meta.json. Two materialisations give b
 arrays. The validation split of a text-to-text (fine-tuning) task is different: unpacked, one example
 per row in file order, none dropped (seqio trims what is too long; meta.json counts them), and its
 original texts are written beside the arrays as texts.jsonl, so predictions can be scored as strings.
+A multilingual task's validation split is unpacked too, so that each row holds one language: its language
+ids are written as languages.npy, the codes in meta.json ("languages"), for per-language evaluation.
 The training process only memory-maps the arrays:
 
     path = ensure_cache(task, split, inputs_length, targets_length, max_examples, cache_dir, tfds_data_dir)
@@ -13,6 +15,7 @@ The training process only memory-maps the arrays:
     batch = train_batch(cache, step, batch_size, seed)  # exact resume: a pure function of (step, seed)
     for batch, n_real in eval_batches(cache, batch_size, max_examples): ...
     texts = load_texts(path)          # text-to-text validation: [{"inputs", "targets"}] in row order
+    cache.languages, cache.meta["languages"]   # multilingual validation: per-row language id, and the codes
 
 All batches are dicts of int32 arrays [batch, length] with the eight features in FEATURES.
 """
@@ -39,6 +42,7 @@ import numpy as np
 from switchrepro.data import (
     C4_TASK,
     DOWNSTREAM_TASKS,
+    MC4_TASK,
     SPAN_CORRUPTION_TASK,
     TASKS,
     DataError,
@@ -46,6 +50,7 @@ from switchrepro.data import (
     cache_root,
     require_benchmark,
     require_c4,
+    require_mc4,
     task_info,
 )
 from switchrepro.data.corpus import SPLITS, manifest_sha256
@@ -59,6 +64,8 @@ FEATURES = ENCODER_FEATURES + DECODER_FEATURES
 META = "meta.json"
 TEXTS = "texts.jsonl"
 TEXTS_FORMAT = 1  # of texts.jsonl and the unpacked validation arrays (part of a text-to-text cache's key)
+LANGUAGES = "languages.npy"
+MULTILINGUAL_FORMAT = 1  # of the multilingual caches (unpacked validation with languages.npy)
 
 
 # --------------------------------------------------------------------------- where a cache lives
@@ -79,13 +86,27 @@ def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
     if info.kind == "text2text":  # added only for these, so the span-corruption caches keep their keys
         ident.update({"kind": info.kind, "packed": is_packed(task, split), "texts_format": TEXTS_FORMAT,
                       "source": _source_identity(task, split)})
+    if info.multilingual:
+        ident.update({"multilingual_format": MULTILINGUAL_FORMAT, "packed": is_packed(task, split),
+                      "source": _multilingual_identity(task)})
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return f"{task}/{split}/{inputs_length}x{targets_length}-{max_examples or 'all'}-{digest}"
 
 
 def is_packed(task: str, split: str) -> bool:
-    """Training rows are packed; a text-to-text task's validation rows hold one example each."""
-    return not (task_info(task).kind == "text2text" and split == "validation")
+    """Training rows are packed; a text-to-text or multilingual task's validation rows hold one example each."""
+    info = task_info(task)
+    return not ((info.kind == "text2text" or info.multilingual) and split == "validation")
+
+
+def _multilingual_identity(task: str) -> str:
+    """The embedded multilingual manifest's sha256 (its files, split and sampling table), or mC4's TFDS name."""
+    if task == MC4_TASK:
+        return f"tfds:{task_info(task).tfds_name}"
+    from switchrepro.data.corpus import embedded_dir
+    from switchrepro.data.multilingual import MANIFEST
+
+    return "embedded:" + hashlib.sha256((embedded_dir() / MANIFEST).read_bytes()).hexdigest()
 
 
 def downstream_short_name(task: str) -> Optional[str]:
@@ -163,6 +184,8 @@ def ensure_cache(task: str, split: str, inputs_length: int, targets_length: int,
     _check_request(task, split, inputs_length, targets_length, max_examples)
     if task == C4_TASK:
         require_c4(tfds_data_dir)
+    if task == MC4_TASK:
+        require_mc4(tfds_data_dir)
     if benchmark_of(task) is not None:
         require_benchmark(task, tfds_data_dir)  # one line saying what to prepare, before any subprocess
     path = cache_root(cache_dir) / cache_key(task, split, inputs_length, targets_length, max_examples)
@@ -261,11 +284,21 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
                                 else (None, None))
     packed = is_packed(task, split)
     seq_task = tasks.get_task(task, tfds_data_dir)
-    texts, truncated = None, None
+    texts, truncated, languages = None, None, None
     if packed:
         ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
                                dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
                                use_cached=False, verbose=False)
+    elif info.multilingual:
+        # unpacked, one example per row; a second pass over the same examples (same seed: same noise) gives
+        # each row's language id, which the feature converter drops
+        ds = seqio.EncDecFeatureConverter(pack=False)(
+            seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False, seed=SEED, num_epochs=1),
+            task_feature_lengths=lengths)
+        again = seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False, seed=SEED, num_epochs=1)
+        if max_examples is not None:
+            again = again.take(max_examples)
+        languages = [(int(ex["lang"]), ex["targets"]) for ex in again.as_numpy_iterator()]
     else:
         # seqio.get_dataset's two steps, unpacked; a second, untrimmed pass over the same examples (no shuffle:
         # same order) gives the original texts and how many examples the trimming shortens.
@@ -281,7 +314,7 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         ds = ds.take(max_examples)
 
     rows: Dict[str, list] = {k: [] for k in FEATURES}
-    total = max_examples or (len(texts) if texts is not None else
+    total = max_examples or (len(texts) if texts is not None else len(languages) if languages is not None else
                              _estimate_examples(split, raw_tokens, info.vocabulary, task))
     with tqdm(total=total, unit="ex", desc=f"{task}/{split} {inputs_length}/{targets_length}",
               disable=not progress, mininterval=1.0) as bar:
@@ -297,6 +330,8 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     if texts is not None and len(texts) != n:
         raise DataError(f"{task}/{split}: {n} unpacked rows but {len(texts)} texts; the two passes over the "
                         "task disagree (is its source deterministic?)")
+    if languages is not None:
+        _check_language_pass(task, split, rows["decoder_target_tokens"], languages)
     if n == 0:
         raise DataError(f"feature lengths the data cannot fill: {task}/{split} gave 0 packed examples "
                         f"at inputs_length={inputs_length}, targets_length={targets_length}")
@@ -330,6 +365,11 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         "key": cache_key(task, split, inputs_length, targets_length, max_examples),
         "seconds": round(time.time() - t0, 2),
     }
+    if languages is not None:
+        ids = np.array([lang for lang, _ in languages], dtype=np.int16)
+        np.save(out_dir / LANGUAGES, ids, allow_pickle=False)
+        meta["languages"] = list(_language_names(task, tfds_data_dir))
+        meta["rows_per_language"] = np.bincount(ids, minlength=len(meta["languages"])).tolist()
     if info.kind == "text2text":
         meta["text2text"] = {"packed": packed, "metrics": list(info.metrics)}
         if texts is not None:
@@ -340,6 +380,28 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
                     f.write(json.dumps(t, ensure_ascii=False) + "\n")
     (out_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _check_language_pass(task: str, split: str, targets, languages) -> None:
+    """The language pass must see the converted rows' examples, in order: same count, same target tokens."""
+    if len(languages) != len(targets):
+        raise DataError(f"{task}/{split}: {len(targets)} unpacked rows but {len(languages)} language ids; the two "
+                        "passes over the task disagree (is its source deterministic?)")
+    for i, (row, (_, tokens)) in enumerate(zip(targets, languages, strict=True)):
+        if not np.array_equal(row[:len(tokens)], tokens):
+            raise DataError(f"{task}/{split}: row {i}'s targets differ between the two passes over the task, so "
+                            "its language id cannot be trusted (is its source deterministic?)")
+
+
+def _language_names(task: str, tfds_data_dir: Optional[str]) -> Tuple[str, ...]:
+    """Language id -> code of a multilingual task."""
+    if task == MC4_TASK:
+        from switchrepro.data.tasks import mc4_languages
+
+        return mc4_languages(str(require_mc4(tfds_data_dir)))
+    from switchrepro.data.multilingual import language_codes
+
+    return language_codes()
 
 
 def _texts_and_truncation(untrimmed, lengths: Dict[str, int]) -> Tuple[list, Dict[str, int]]:
@@ -369,8 +431,8 @@ def _single_segment(ex: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def _estimate_examples(split: str, raw_tokens_per_example: int, vocabulary: str,
                        task: Optional[str] = None) -> Optional[int]:
-    if task is not None and task_info(task).kind == "text2text":
-        return None  # packed rows of a fine-tuning task: unknown until packed
+    if task is not None and (task_info(task).kind == "text2text" or task_info(task).multilingual):
+        return None  # packed rows of a fine-tuning task, multilingual rows: unknown until made
     try:
         from switchrepro.data.corpus import load_manifest
         unit = "chars" if vocabulary == "bytes" else "tokens"  # chars: bytes of mostly-ASCII text
@@ -387,6 +449,7 @@ class Cache:
     path: Path
     meta: dict
     arrays: Dict[str, np.ndarray]  # read-only memory maps, [num_examples, length]
+    languages: Optional[np.ndarray] = None  # <int16>[num_examples]: a multilingual validation row's language id
 
     @property
     def num_examples(self) -> int:
@@ -404,7 +467,13 @@ def load(path: Path) -> Cache:
         if a.shape != (meta["num_examples"], length):
             raise DataError(f"{path / (k + '.npy')} has shape {a.shape}, expected "
                             f"({meta['num_examples']}, {length}); delete {path} to rebuild it")
-    return Cache(path, meta, arrays)
+    languages = None
+    if "languages" in meta:
+        languages = np.load(path / LANGUAGES)
+        if languages.shape != (meta["num_examples"],) or int(languages.max(initial=0)) >= len(meta["languages"]):
+            raise DataError(f"{path / LANGUAGES} has shape {languages.shape} or ids beyond the "
+                            f"{len(meta['languages'])} languages in {META}; delete {path} to rebuild it")
+    return Cache(path, meta, arrays, languages)
 
 
 def load_texts(path: Path) -> List[dict]:

@@ -19,7 +19,9 @@ choice if there is one, else the version whose code is the ISO code, else the fi
 
 Sampling. mT5 samples languages with probability proportional to n_L ** alpha, alpha = 0.3, where n_L is
 the language's share of the data; `sampling_table` computes it from training bytes (byte vocabulary:
-tokens are bytes).
+tokens are bytes), and `resample` turns it into one training epoch: as many bytes as the training split,
+each language's share of them set by the table (its articles repeated or subsampled, then shuffled).
+A row's language id is its version code's index in `language_codes()`.
 """
 
 from __future__ import annotations
@@ -212,6 +214,52 @@ def sampling_table(sizes: Mapping[str, int], alpha: float = ALPHA) -> Dict[str, 
     weights = {k: float(v) ** alpha for k, v in sizes.items()}
     total = sum(weights.values())
     return {k: w / total for k, w in weights.items()}
+
+
+def resample(records: Sequence[dict], probabilities: Mapping[str, float], seed: int = 0) -> List[dict]:
+    """One temperature-sampled training epoch: as many bytes as `records` hold in all, language L's share of
+    them set to probabilities[L] (mT5 samples its examples likewise, by language then within it).
+
+    Language L's articles are repeated floor(r) times, r = its target bytes / its bytes, and the fraction
+    r - floor(r) becomes the first round((r - floor(r)) x n_L) of its n_L articles in a seeded permutation;
+    then the whole epoch is shuffled. Deterministic in `seed`.
+
+    Args:
+      records: {"lang", "text", ...} training records; every language needs a probability.
+      probabilities: language -> sampling probability (sampling_table), summing to 1.
+    """
+    import numpy as np
+
+    by_lang: Dict[str, List[dict]] = {}
+    for r in records:
+        by_lang.setdefault(r["lang"], []).append(r)
+    missing = sorted(set(by_lang) - set(probabilities))
+    if missing:
+        raise ValueError(f"resample needs a sampling probability for every language; missing {missing[:5]}")
+    size = {lang: sum(len(r["text"].encode("utf-8")) for r in rs) for lang, rs in by_lang.items()}
+    total = sum(size.values())
+    rng = np.random.default_rng(seed)
+    out: List[dict] = []
+    for lang in sorted(by_lang):
+        rs = by_lang[lang]
+        ratio = probabilities[lang] * total / size[lang]
+        whole = int(ratio)
+        extra = int(np.floor((ratio - whole) * len(rs) + 0.5))
+        order = rng.permutation(len(rs))
+        out += rs * whole + [rs[i] for i in order[:extra]]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def language_codes(manifest: Optional[dict] = None) -> Tuple[str, ...]:
+    """The corpus's version codes, sorted: a row's language id is its index here."""
+    manifest = manifest if manifest is not None else load_manifest()
+    return tuple(sorted(lang["code"] for lang in manifest["languages"]))
+
+
+def mc4_codes(manifest: Optional[dict] = None) -> Tuple[str, ...]:
+    """The version codes standing in for mC4 languages (100 of the 101), sorted."""
+    manifest = manifest if manifest is not None else load_manifest()
+    return tuple(sorted(v for v in manifest["mc4_versions"].values() if v))
 
 
 # --------------------------------------------------------------------------- build and load

@@ -1,11 +1,12 @@
-"""seqio tasks: T5 span corruption on the embedded corpus (SentencePiece or bytes), or on TFDS C4; and
+"""seqio tasks: T5 span corruption on the embedded corpus (SentencePiece or bytes), or on TFDS C4;
+multilingual byte-level span corruption, one language per example, on the embedded UDHR or TFDS mC4; and
 text-to-text fine-tuning tasks: the offline ones of downstream.py, and real benchmarks through TFDS
 (GLUE, SuperGLUE, SQuAD, closed-book TriviaQA, CNN/DailyMail, XSum) with T5's preprocessors and metrics.
 
 This module imports seqio, t5 and TensorFlow; the training process reaches it only
 through cache.py's materialisation subprocess.
 
-    register_tasks(tfds_data_dir=None)        idempotent; C4 and benchmarks are registered only with a dir
+    register_tasks(tfds_data_dir=None)        idempotent; C4, mC4 and benchmarks are registered only with a dir
                                               that holds them
     get_task(name, tfds_data_dir=None)        registered task, or DataError saying what is missing
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import seqio
 import t5.data.preprocessors as t5_pre
@@ -30,14 +31,19 @@ from switchrepro.data import (
     C4_TASK,
     C4_TFDS_NAME,
     DOWNSTREAM_TASKS,
+    MC4_TASK,
+    MC4_TFDS_NAME,
     SPAN_CORRUPTION_TASK,
     TASKS,
+    UDHR_TASK,
     DataError,
     benchmark_of,
     downstream,
     downstream_task_name,
+    multilingual,
     require_benchmark,
     require_c4,
+    require_mc4,
     task_info,
     tfds_dir_of,
 )
@@ -88,6 +94,98 @@ def _embedded_dataset(split: str, shuffle_files: bool, seed: Optional[int] = Non
                 yield {"text": doc["text"]}
 
     return tf.data.Dataset.from_generator(gen, output_signature={"text": tf.TensorSpec((), tf.string)})
+
+
+# ------------------------------------------------------------------------- multilingual (one language per example)
+
+LANG = "lang"  # the int32 language id each example carries through span corruption (into the validation cache)
+MULTILINGUAL_SEED = 0  # of the temperature-sampled training epoch
+
+
+def _multilingual_preprocessors(task: str) -> list:
+    """Span corruption within each document: mT5 samples each example from one language, so examples are
+    not concatenated across documents (that would mix languages), and the language id is passed through."""
+    info = task_info(task)
+    return [
+        functools.partial(t5_pre.rekey, key_map={"inputs": None, "targets": "text", LANG: LANG}),
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        functools.partial(t5_pre.span_corruption, noise_density=info.noise_density,
+                          mean_noise_span_length=info.mean_noise_span_length,
+                          merge_examples_to_reduce_padding=False, passthrough_feature_keys=[LANG]),
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+def _udhr_documents(split: str) -> list:
+    """(text, language id) of the embedded UDHR corpus: the training split as one temperature-sampled epoch
+    (multilingual.resample, alpha 0.3 over every language), the held-out articles in file order."""
+    manifest = multilingual.load_manifest()
+    ids = {code: i for i, code in enumerate(multilingual.language_codes(manifest))}
+    records = list(multilingual.iter_records(split))
+    if split == "train":
+        records = multilingual.resample(records, manifest["sampling"]["all"], seed=MULTILINGUAL_SEED)
+    return [(r["text"], ids[r["lang"]]) for r in records]
+
+
+def _udhr_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+    docs = _udhr_documents(split)  # fixed order: shuffling is the epoch's (seeded) and the cache's
+
+    def gen():
+        for text, lang in docs:
+            yield {"text": text, LANG: lang}
+
+    return tf.data.Dataset.from_generator(gen, output_signature={"text": tf.TensorSpec((), tf.string),
+                                                                 LANG: tf.TensorSpec((), tf.int32)})
+
+
+def udhr_task(name: str = UDHR_TASK) -> seqio.Task:
+    counts = {split: sum(1 for _ in multilingual.iter_records(split)) for split in SPLITS}
+    return seqio.Task(
+        name,
+        source=seqio.FunctionDataSource(_udhr_dataset, splits=SPLITS, num_input_examples=counts),
+        preprocessors=_multilingual_preprocessors(name),
+        output_features=output_features(name),
+        metric_fns=[],
+    )
+
+
+def mc4_languages(tfds_data_dir: str) -> Tuple[str, ...]:
+    """The language splits of the prepared c4/multilingual (those with a "<lang>-validation" split)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(MC4_TFDS_NAME, data_dir=tfds_data_dir)
+    splits = builder.info.splits
+    return tuple(sorted(k for k in splits if not k.endswith("-validation") and f"{k}-validation" in splits))
+
+
+def _mc4_dataset_fn(tfds_data_dir: str, validation_docs: int = 1000):
+    """mC4 as {"text", "lang"}: training samples languages by mT5's alpha 0.3 over TFDS's per-language
+    example counts; validation is the first `validation_docs` documents of each language's validation split.
+    A language's id is its index in mc4_languages()."""
+    import tensorflow_datasets as tfds
+
+    def dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+        builder = tfds.builder(MC4_TFDS_NAME, data_dir=tfds_data_dir)
+        langs = mc4_languages(tfds_data_dir)
+
+        def one(i: int, lang: str) -> tf.data.Dataset:
+            name = lang if split == "train" else f"{lang}-validation"
+            ds = builder.as_dataset(split=name, shuffle_files=shuffle_files and split == "train")
+            ds = ds if split == "train" else ds.take(validation_docs)
+            return ds.map(lambda x, i=i: {"text": x["text"], LANG: tf.constant(i, tf.int32)})
+
+        parts = [one(i, lang) for i, lang in enumerate(langs)]
+        if split != "train":
+            out = parts[0]
+            for ds in parts[1:]:
+                out = out.concatenate(ds)
+            return out
+        table = multilingual.sampling_table({lang: builder.info.splits[lang].num_examples for lang in langs})
+        return tf.data.Dataset.sample_from_datasets([ds.repeat() for ds in parts], [table[k] for k in langs],
+                                                    seed=seed)
+
+    return dataset_fn
 
 
 # ------------------------------------------------------------------------- text-to-text (fine-tuning)
@@ -190,6 +288,7 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             output_features=output_features(name),
             metric_fns=[],
         ))
+    _add(udhr_task())
     for short in DOWNSTREAM_TASKS:
         for vocabulary in ("spm8k", "bytes"):
             _add(_downstream_task(short, downstream_task_name(short, vocabulary)))
@@ -209,6 +308,15 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             output_features=output_features(C4_TASK),
             metric_fns=[],
         ))
+    if tfds_data_dir is not None and (Path(tfds_data_dir).expanduser() / tfds_dir_of(MC4_TFDS_NAME)
+                                      / "dataset_info.json").is_file():
+        _add(seqio.Task(
+            MC4_TASK,
+            source=seqio.FunctionDataSource(_mc4_dataset_fn(str(require_mc4(tfds_data_dir))), splits=SPLITS),
+            preprocessors=_multilingual_preprocessors(MC4_TASK),
+            output_features=output_features(MC4_TASK),
+            metric_fns=[],
+        ))
 
 
 def get_task(name: str, tfds_data_dir: Optional[str] = None) -> seqio.Task:
@@ -216,6 +324,8 @@ def get_task(name: str, tfds_data_dir: Optional[str] = None) -> seqio.Task:
         raise DataError(f"unknown task {name!r}; choose one of {TASKS}")
     if name == C4_TASK:
         require_c4(tfds_data_dir)  # never fall back to other data
+    if name == MC4_TASK:
+        require_mc4(tfds_data_dir)
     if benchmark_of(name) is not None:
         require_benchmark(name, tfds_data_dir)
     register_tasks(tfds_data_dir)

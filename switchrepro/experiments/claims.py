@@ -4,7 +4,8 @@ Inputs are the runner's DataFrames:
 
 - `results`: one row per (row, seed) run, with `final_nlp` (held-out negative log perplexity, nats/token,
   higher is better; NaN if the run diverged), `diverged_at`, `examples_per_sec`, `params`, and so on;
-- `curves`: long form, one row per evaluation: `row`, `seed`, `step`, `wall_seconds`, `nlp`.
+- `curves`: long form, one row per evaluation: `row`, `seed`, `step`, `wall_seconds`, `nlp`;
+- `languages` (multilingual table only): one row per evaluation and language: `row`, `seed`, `step`, `lang`, `nlp`.
 
 `summarize` reduces `results` to one line per row (mean and sample std over the seeds that did not
 diverge). Each `Claim` turns that summary, plus the curves, into a `Verdict`.
@@ -85,6 +86,11 @@ VERDICT_RULE = (
     "**Positive control.** table1 and scaling first check that the larger dense model (T5-Large) beats "
     "T5-Base. If that control is not reproduced, the regime cannot show what parameters buy, and every other "
     "verdict of the table reads **regime invalid** (its detail keeps what it would have been).\n\n"
+    "**Multilingual (per language).** \"Every language improves\": reproduced iff each language's 95% "
+    "Student-t interval of the paired per-seed gain (seed s of mSwitch minus seed s of mT5) lies above zero; not "
+    "reproduced iff any lies below. \"Mean speedup > 1\": the mean of the per-language step speedups, spread = "
+    "the std of the per-seed means; reproduced needs fewer than 10% of languages never reaching mT5's final NLP. "
+    "\"91% at >= 4x\": reproduced iff the share is at least 91% minus 2 x its per-seed std.\n\n"
     "**Teacher not ahead.** A distillation claim is judged only when its teacher beats the dense model; "
     "otherwise it reads **teacher not ahead**, not a failed distillation."
 )
@@ -280,6 +286,7 @@ class Evidence:
     summary: pd.DataFrame
     curves: Optional[pd.DataFrame] = None
     threshold: Optional[float] = None
+    languages: Optional[pd.DataFrame] = None  # per-language evaluations (multilingual)
 
     def has(self, row: str) -> bool:
         return row in self.summary.index
@@ -709,6 +716,150 @@ def _table8_claims() -> list[Claim]:
                                     text="The distilled T5-Base beats the plainly fine-tuned T5-Base (sentiment)")]
 
 
+# Multilingual (Figures 7 and 8): per-language claims over the mC4 languages found in the corpus, and over all.
+ML_DENSE, ML_SWITCH, ML_LARGE = "mT5-Base", "mSwitch-Base", "mT5-Large"
+PAPER_FAST_FRACTION = 0.91  # languages with a step speedup of at least 4x (Figure 8)
+NEVER_REACHED_LIMIT = 0.10  # a mean speedup over the reached languages only means something if few are missing
+
+
+def _language_view(ev: Evidence, subset: str) -> Optional[pd.DataFrame]:
+    """The per-language evaluations of the two rows, restricted to `subset` ("mc4": the languages standing in
+    for mC4's, or mC4's own codes; "all"); None if there are none."""
+    from switchrepro.experiments import multilingual as ML
+
+    frame = ev.languages
+    if frame is None or frame.empty:
+        return None
+    frame = frame[frame["row"].isin([ML_DENSE, ML_SWITCH])]
+    if subset == "mc4":
+        frame = frame[frame["lang"].isin(ML.mc4_language_set())]
+    return frame if len(frame) else None
+
+
+def _subset_label(subset: str) -> str:
+    return "the mC4 languages" if subset == "mc4" else "all languages"
+
+
+def improves_every_language(subset: str) -> Claim:
+    """mSwitch's paired per-language gain: reproduced iff every language's 95% interval over paired seeds lies
+    above zero; not reproduced iff any lies below; margin = the fraction improved in mean."""
+    def check(ev: Evidence) -> Outcome:
+        from switchrepro.experiments import multilingual as ML
+
+        frame = _language_view(ev, subset)
+        if frame is None:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no per-language evaluations")
+        gains = ML.paired_gains(frame, ML_DENSE, ML_SWITCH)
+        n, seeds = len(gains), int(gains["n"].min()) if len(gains) else 0
+        if n == 0:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no language has paired seeds")
+        improved, sig, worse = int((gains["gain"] > 0).sum()), int(gains["improved"].sum()), int(gains["worse"].sum())
+        spread = float(gains["std"].median())
+        detail = (f"{improved}/{n} languages improved in mean paired gain ({improved / n:.0%}); {sig} significantly "
+                  f"(95% interval over {seeds} paired seeds above zero), {worse} significantly worse; mean gain "
+                  f"{gains['gain'].mean():+.4f} nats, median per-language seed std {spread:.4f}")
+        if seeds < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, improved / n, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} paired)")
+        status = NOT_REPRODUCED if worse else REPRODUCED if sig == n else INCONCLUSIVE
+        return Outcome(status, improved / n, spread, detail)
+
+    return Claim(f"ml-improves-every-language-{subset}",
+                 f"mSwitch-Base beats mT5-Base on every language, {_subset_label(subset)} (paper: all 101)",
+                 (ML_DENSE, ML_SWITCH), check)
+
+
+def _per_seed_language_summaries(frame: pd.DataFrame, languages) -> list[dict]:
+    from switchrepro.experiments import multilingual as ML
+
+    out = []
+    for seed in sorted(set(frame[frame["row"] == ML_DENSE]["seed"]) & set(frame[frame["row"] == ML_SWITCH]["seed"])):
+        one = frame[frame["seed"] == seed]
+        out.append(ML.summarize_languages(ML.paired_gains(one, ML_DENSE, ML_SWITCH),
+                                          ML.language_speedups(one, ML_DENSE, ML_SWITCH), languages))
+    return out
+
+
+def mean_language_speedup(subset: str) -> Claim:
+    """Per-language step speedups from seed-mean curves, averaged over the languages mSwitch brings to mT5's
+    final quality; margin = mean - 1, spread = std of the per-seed means. Reproduced by the usual rule only
+    when fewer than NEVER_REACHED_LIMIT of the languages are never reached (a mean over the others would flatter
+    Switch); not reproduced when more than half are never reached."""
+    def check(ev: Evidence) -> Outcome:
+        from switchrepro.experiments import multilingual as ML
+
+        frame = _language_view(ev, subset)
+        if frame is None:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no per-language evaluations")
+        langs = sorted(set(frame["lang"]))
+        summary = ML.summarize_languages(ML.paired_gains(frame, ML_DENSE, ML_SWITCH),
+                                         ML.language_speedups(frame, ML_DENSE, ML_SWITCH), langs)
+        per_seed = [s["mean_speedup"] for s in _per_seed_language_summaries(frame, langs)]
+        per_seed = [x for x in per_seed if not math.isnan(x)]
+        spread = float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
+        mean, never, n = summary["mean_speedup"], summary["never_reached"], summary["languages"]
+        margin = mean - 1.0
+        detail = (f"mean step speedup {num(mean)}x over the {n - never} of {n} languages that reach mT5-Base's final "
+                  f"NLP ({never} never do); per-seed means [{', '.join(f'{x:.2f}' for x in per_seed)}]; "
+                  f"{_margin_text(margin, spread)}")
+        if len(per_seed) < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} paired)")
+        if never > n / 2:
+            return Outcome(NOT_REPRODUCED, margin, spread, f"{detail}; most languages never reach it")
+        status = _compare(margin, spread)
+        if status == REPRODUCED and never > NEVER_REACHED_LIMIT * n:
+            status, detail = INCONCLUSIVE, f"{detail}; over {NEVER_REACHED_LIMIT:.0%} of languages never reach it"
+        return Outcome(status, margin, spread, detail)
+
+    return Claim(f"ml-mean-speedup-{subset}",
+                 f"mSwitch-Base's mean per-language step speedup over mT5-Base is > 1, {_subset_label(subset)} "
+                 "(paper: 5x)", (ML_DENSE, ML_SWITCH), check)
+
+
+def fast_language_fraction(subset: str) -> Claim:
+    """The share of languages with a step speedup of at least 4x (a language never reached is not fast);
+    margin = share - 0.91 (the paper's), spread = std of the per-seed shares. Reproduced iff
+    margin >= -2 x spread, else not reproduced."""
+    def check(ev: Evidence) -> Outcome:
+        from switchrepro.experiments import multilingual as ML
+
+        frame = _language_view(ev, subset)
+        if frame is None:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no per-language evaluations")
+        langs = sorted(set(frame["lang"]))
+        summary = ML.summarize_languages(ML.paired_gains(frame, ML_DENSE, ML_SWITCH),
+                                         ML.language_speedups(frame, ML_DENSE, ML_SWITCH), langs)
+        per_seed = [s["fast_fraction"] for s in _per_seed_language_summaries(frame, langs)]
+        spread = float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
+        share = summary["fast_fraction"]
+        margin = share - PAPER_FAST_FRACTION
+        steps = sorted(set(frame["step"]))
+        ceiling = steps[-1] / steps[0] if steps and steps[0] > 0 else math.nan
+        detail = (f"{share:.0%} of {summary['languages']} languages reach mT5-Base's final NLP at least {ML.FAST:g}x "
+                  f"sooner (paper {PAPER_FAST_FRACTION:.0%}); per-seed shares "
+                  f"[{', '.join(f'{x:.0%}' for x in per_seed)}]; the evaluations resolve speedups up to "
+                  f"{num(ceiling)}x")
+        if len(per_seed) < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} paired)")
+        status = REPRODUCED if margin >= -2 * spread else NOT_REPRODUCED
+        return Outcome(status, margin, spread, detail)
+
+    return Claim(f"ml-fast-fraction-{subset}",
+                 f"At least 91% of languages get a >= 4x step speedup, {_subset_label(subset)} (paper: 91%)",
+                 (ML_DENSE, ML_SWITCH), check)
+
+
+def _multilingual_claims() -> list[Claim]:
+    return [
+        beats(ML_LARGE, ML_DENSE, claim_id="ml-control-larger-dense", control=True,
+              text="Positive control: the larger dense mT5-Large beats mT5-Base (all held-out rows pooled)"),
+        beats(ML_SWITCH, ML_DENSE, claim_id="ml-switch-beats-dense",
+              text="mSwitch-Base beats the FLOP-matched mT5-Base (all held-out rows pooled)"),
+        *[claim for subset in ("mc4", "all") for claim in (improves_every_language(subset),
+                                                           mean_language_speedup(subset),
+                                                           fast_language_fraction(subset))],
+    ]
+
+
 def larger_dense_control(table: str) -> Claim:
     return beats("T5-Large", "T5-Base", claim_id=f"{'t1' if table == 'table1' else table}-control-larger-dense",
                  text="Positive control: the larger dense T5-Large beats T5-Base", control=True)
@@ -768,6 +919,7 @@ TABLE_CLAIMS: dict[str, list[Claim]] = {
     "table6": _table6_claims(),
     "table7": _table7_claims(),
     "table8": _table8_claims(),
+    "multilingual": _multilingual_claims(),
 }
 
 
@@ -809,11 +961,13 @@ def control_rows(table: str) -> list[str]:
 
 
 def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
-                    threshold: Optional[float] = None, claims: Optional[Sequence[Claim]] = None) -> list[Verdict]:
-    """A verdict for each claim of `table` (TABLE_CLAIMS, or `claims`), from that table's runs."""
+                    threshold: Optional[float] = None, claims: Optional[Sequence[Claim]] = None,
+                    languages: Optional[pd.DataFrame] = None) -> list[Verdict]:
+    """A verdict for each claim of `table` (TABLE_CLAIMS, or `claims`), from that table's runs (and, for the
+    multilingual table, its per-language evaluations)."""
     summary = table_summary(table, results, curves, threshold)
     threshold = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None
-    evidence = Evidence(summary, _for_table(curves, table), threshold)
+    evidence = Evidence(summary, _for_table(curves, table), threshold, _for_table(languages, table))
     claims = claims if claims is not None else TABLE_CLAIMS[table]
     return apply_controls(claims, apply_teachers(claims, [claim.evaluate(evidence) for claim in claims]))
 

@@ -12,6 +12,7 @@ the same batches), and each language gets the mean paired difference with a Stud
     paired_gains(curves, dense, switch)          per language: mean gain, its interval, improved / worse
     language_speedups(curves, dense, switch)     per language: the step speedup of footnote 9, or "never"
     summarize_languages(gains, speedups, langs)  the paper's three summary numbers over a set of languages
+    mc4_language_set()                           the codes that count as mC4 languages
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from switchrepro.experiments.claims import _speedup
 
 CONFIDENCE = 0.95
 FAST = 4.0  # the paper's figure 8 threshold: 91% of languages reach at least a 4x speedup
+
+
+def mc4_language_set() -> frozenset:
+    """The UDHR version codes standing in for mC4 languages (the embedded manifest's choices), and mC4's own
+    codes (the paper-scale task's languages)."""
+    from switchrepro.data.multilingual import MC4_LANGUAGES, mc4_codes
+
+    return frozenset(mc4_codes()) | frozenset(MC4_LANGUAGES)
 
 
 def final_values(curves: pd.DataFrame) -> pd.DataFrame:

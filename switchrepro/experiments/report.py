@@ -289,7 +289,7 @@ def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.D
     facts.append(("CPU and threads", "; ".join(map(str, hosts)) if hosts else
                   "not recorded (runs made before switchrepro recorded the host)"))
     known = {"command", "wall_seconds", "scale", "seeds", "steps", "tokens_per_step", "epochs", "threshold", "notes",
-             "explanations"}
+             "explanations", "languages"}
     facts += [(k, v) for k, v in meta.items() if k not in known]
     return [f"- {k}: {v}" for k, v in facts]
 
@@ -403,6 +403,29 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
     return lines + [""] + by_step
 
 
+def language_summary_markdown(languages: pd.DataFrame) -> str:
+    """The multilingual table's per-language summary (Figures 7 and 8) on the mC4 languages and on all,
+    beside the paper's numbers: a markdown table."""
+    from switchrepro.experiments import multilingual as ML
+
+    frame = languages[languages["row"].isin([C.ML_DENSE, C.ML_SWITCH])]
+    gains = ML.paired_gains(frame, C.ML_DENSE, C.ML_SWITCH)
+    speedups = ML.language_speedups(frame, C.ML_DENSE, C.ML_SWITCH)
+    mc4 = ML.mc4_language_set()
+    lines = ["| languages | n | improved in mean | improved (95% interval) | worse (95% interval) | mean gain (nats) | "
+             "mean step speedup | never reach mT5's final NLP | share >= 4x |", "|---" * 9 + "|"]
+    for label, subset in (("mC4 (ours)", sorted(set(gains["lang"]) & mc4)), ("all (ours)", None)):
+        s = ML.summarize_languages(gains, speedups, subset)
+        if not s["languages"]:
+            lines.append(f"| {label} | 0 | " + " | ".join([DASH] * 7) + " |")
+            continue
+        lines.append(f"| {label} | {s['languages']} | {s['improved']} ({s['improved_fraction']:.0%}) | "
+                     f"{s['improved_significantly']} | {s['worse_significantly']} | {s['mean_gain']:+.4f} | "
+                     f"{C.num(s['mean_speedup'])}x | {s['never_reached']} | {s['fast_fraction']:.0%} |")
+    lines.append("| paper (mC4) | 101 | 101 (100%) | - | - | - | 5x | - | 91% |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
                  preface: Optional[str] = None, calibration: Sequence[Calibration] = ()) -> Path:
     """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
@@ -441,7 +464,10 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
         lines += [f"## {name}: {TITLES.get(name, name)}", "", *_meta_lines(t.meta, t.results, summary), ""]
         if t.meta.get("notes"):
             lines += [str(t.meta["notes"]), ""]
-        lines += [table_markdown(name, summary, paper_df, curves), "### Verdicts", "", _verdict_table(t.verdicts)]
+        lines += [table_markdown(name, summary, paper_df, curves)]
+        if t.meta.get("languages"):
+            lines += ["### Per language", "", str(t.meta["languages"]), ""]
+        lines += ["### Verdicts", "", _verdict_table(t.verdicts)]
         lines += _control_by_step(name, curves)
         images = _image_links(t.plots, out_path.parent)
         lines += ["### Plots", "", *(f"{img}\n" for img in images)] if images else []

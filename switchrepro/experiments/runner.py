@@ -10,7 +10,8 @@ row): a process trains a run only while it holds that run directory's lock. A ru
 is put off until the others are done, then waited for; the results files are written under a lock too.
 
 The collected frames follow the contract in `switchrepro.experiments.claims`:
-  results: one row per (row, seed); curves: one row per evaluation; loads: per-layer expert load.
+  results: one row per (row, seed); curves: one row per evaluation; loads: per-layer expert load;
+  languages (multilingual tables): one row per (evaluation, language), see `collect_languages`.
 """
 
 from __future__ import annotations
@@ -378,10 +379,26 @@ def collect(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> Tuple[pd
     return pd.DataFrame(results), pd.DataFrame(curves), loads
 
 
+def collect_languages(spec: TableSpec, runs: Sequence[PlannedRun]) -> pd.DataFrame:
+    """Per-language held-out quality of the finished runs that evaluate per language (multilingual tasks):
+    one row per (run, evaluation, language) with columns table, row, seed, step, lang, nlp. Empty if none."""
+    records = []
+    for run in runs:
+        if run_status(run) not in ("done", "diverged"):
+            continue
+        for r in read_metrics(run.run_dir / "metrics.jsonl"):
+            if "event" in r or "eval_languages" not in r:
+                continue
+            records += [{"table": spec.name, "row": run.row.name, "seed": run.seed, "step": r["step"], "lang": lang,
+                         "nlp": nlp} for lang, nlp in r["eval_languages"].items()]
+    return pd.DataFrame(records, columns=["table", "row", "seed", "step", "lang", "nlp"])
+
+
 def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.DataFrame, curves: pd.DataFrame,
-         loads: dict, results_dir: Path, meta: dict) -> Path:
-    """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json) and copies each run's
-    small logs (metrics.jsonl, config.gin) under results/<scale>/logs/<table>/ so they can be committed.
+         loads: dict, results_dir: Path, meta: dict, languages: Optional[pd.DataFrame] = None) -> Path:
+    """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json, and _languages.csv.gz when
+    `languages` has rows) and copies each run's small logs (metrics.jsonl, config.gin) under
+    results/<scale>/logs/<table>/ so they can be committed.
 
     Each file is written whole and then renamed into place, under the table's results lock, so a reader
     or a second process never sees half a table."""
@@ -392,6 +409,11 @@ def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.Da
         _write_atomic(out / f"{spec.name}_curves.csv", curves.to_csv(index=False))
         _write_atomic(out / f"{spec.name}_loads.json", json.dumps(loads, indent=1, sort_keys=True) + "\n")
         _write_atomic(out / f"{spec.name}_meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        if languages is not None and len(languages):
+            tmp = out / f".{spec.name}_languages.csv.gz.{os.getpid()}.tmp"
+            # mtime=0: the same frame gives the same bytes (a committed file changes only when its numbers do)
+            languages.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+            os.replace(tmp, out / f"{spec.name}_languages.csv.gz")
         _copy_logs(spec, runs, out)
     return out / f"{spec.name}.csv"
 
@@ -523,6 +545,23 @@ def dry_run_table(runs: Sequence[PlannedRun], log_roots: Sequence[Path] = ()) ->
     plan.loc[~timed, "est. CPU minutes"] = work[~timed] / (gflops * 1e9) / 60
     plan.attrs["gflops"] = gflops
     return plan
+
+
+def load_languages(results_dir: Path, scale: str, table: str) -> Optional[pd.DataFrame]:
+    """The per-language frame `save` wrote for `table` (see collect_languages), or None if it has none."""
+    path = Path(results_dir) / scale / f"{table}_languages.csv.gz"
+    if not path.exists():
+        return None
+    try:
+        # codes such as "007" and "nan" are strings, not numbers or missing values
+        frame = pd.read_csv(path, dtype={"lang": str}, keep_default_na=False, na_values=[""])
+        if not {"row", "seed", "step", "lang", "nlp"} <= set(frame.columns):
+            raise ValueError("missing columns")
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:
+        raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
+                           f"`switchrepro run {table} --collect-only` to rewrite it from the runs") from None
+    frame["lang"] = frame["lang"].astype(str)
+    return frame
 
 
 def load_saved(results_dir: Path, scale: str, table: str):

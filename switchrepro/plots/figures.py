@@ -288,16 +288,72 @@ def gain_vs_compression(summary: pd.DataFrame, out_dir: Path, *, dense: str = "T
     return _save(fig, out_dir, f"{prefix}_gain_vs_compression")
 
 
+# ------------------------------------------------------------------------------------ multilingual figures
+
+
+def language_gains(gains: pd.DataFrame, out_dir: Path, *, mc4: frozenset = frozenset(), prefix: str = "multilingual",
+                   scale: Optional[str] = None, name: str = "language_gains") -> list[Path]:
+    """Figure 7: each language's mean paired gain of mSwitch over mT5 (final NLP), sorted, with its 95%
+    interval; one bar per language, labelled by code (mC4 languages in blue, the others grey)."""
+    if gains is None or gains.empty:
+        return []
+    g = gains.sort_values("gain", ascending=False).reset_index(drop=True)
+    width = max(8.0, 0.11 * len(g))
+    fig = Figure(figsize=(width, 4.6))
+    ax = fig.add_subplot()
+    colors = ["tab:blue" if lang in mc4 else "tab:gray" for lang in g["lang"]]
+    err = np.vstack([g["gain"] - g["low"], g["high"] - g["gain"]])
+    ax.bar(np.arange(len(g)), g["gain"], color=colors, yerr=np.nan_to_num(err), error_kw={"lw": 0.5}, width=0.8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(g)))
+    ax.set_xticklabels(g["lang"], rotation=90, fontsize=max(3, min(7, 600 / max(len(g), 1))))
+    ax.set_xlim(-0.7, len(g) - 0.3)
+    ax.set_ylabel("NLP gain of mSwitch over mT5 (nats)")
+    improved = int((g["gain"] > 0).sum())
+    ax.text(0.99, 0.97, f"{improved}/{len(g)} languages improved in mean; bars: 95% interval over paired seeds"
+            + ("; blue = mC4 language" if mc4 else ""), transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    _title(ax, "per-language quality gain, sorted (Figure 7)", prefix, scale)
+    return _save(fig, out_dir, f"{prefix}_{name}")
+
+
+def speedup_histogram(speedups: pd.DataFrame, out_dir: Path, *, fast: float = 4.0, prefix: str = "multilingual",
+                      scale: Optional[str] = None, name: str = "speedup_histogram") -> list[Path]:
+    """Figure 8: histogram of the per-language step speedups of mSwitch over mT5; languages that never reach
+    mT5's final NLP are counted in a separate bar."""
+    if speedups is None or speedups.empty:
+        return []
+    reached = speedups.loc[speedups["reached"], "speedup"].to_numpy(float)
+    never = int((~speedups["reached"]).sum())
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    top = max(float(reached.max()) if reached.size else 1.0, fast) * 1.05
+    bins = np.linspace(0.0, top, 25)
+    ax.hist(reached, bins=bins, color="tab:blue", edgecolor="white", label=f"reached ({reached.size})")
+    if never:
+        ax.bar([-0.06 * top], [never], width=0.05 * top, color="tab:red", label=f"never reached ({never})")
+    ax.axvline(fast, color="black", ls="--", lw=0.8, label=f"{fast:g}x (paper: 91% of languages at or above)")
+    ax.axvline(1.0, color="tab:gray", ls=":", lw=0.8)
+    mean = float(reached.mean()) if reached.size else math.nan
+    ax.set_xlabel(f"step speedup over mT5-Base (mean over reached: {mean:.2f}x; paper: 5x)")
+    ax.set_ylabel("languages")
+    ax.legend(fontsize=8)
+    _title(ax, "per-language step speedup (Figure 8)", prefix, scale)
+    return _save(fig, out_dir, f"{prefix}_{name}")
+
+
 # ---------------------------------------------------------------------------------------- dispatcher
 
 
 def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame], loads: Optional[Loads],
-               out_dir: Path, *, threshold: Optional[float] = None) -> list[Path]:
+               out_dir: Path, *, threshold: Optional[float] = None,
+               languages: Optional[pd.DataFrame] = None) -> list[Path]:
     """Every figure of `table`:
     - scaling: Figures 4 left and right, 5 and 6;
     - table1: the speed-quality plane, quality vs step and the expert-load heatmaps;
     - table4, table5, table8 (fine-tuning): validation score vs step, one panel per task;
     - table7: the share of the teacher's gain kept against the compression, beside the paper's;
+    - multilingual (with its per-language frame): Figures 7 (sorted gains) and 8 (speedup histogram), on the
+      mC4 languages and on all;
     - the other tables: quality vs step and a bar chart of final NLP.
     """
     summary = table_summary(table, results, curves, threshold)
@@ -321,6 +377,19 @@ def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame]
         return paths
     if table in ("table4", "table5", "table8"):
         return score_vs_step(curves, out_dir, **kw) if has_curves else []
+    if table == "multilingual" and languages is not None and not languages.empty:
+        from switchrepro.experiments import claims as C
+        from switchrepro.experiments import multilingual as ML
+
+        mc4 = ML.mc4_language_set()
+        frame = languages[languages["row"].isin([C.ML_DENSE, C.ML_SWITCH])]
+        for subset, part in (("mc4", frame[frame["lang"].isin(mc4)]), ("all", frame)):
+            if part.empty:
+                continue
+            paths += language_gains(ML.paired_gains(part, C.ML_DENSE, C.ML_SWITCH), out_dir, mc4=mc4,
+                                    name=f"language_gains_{subset}", **kw)
+            paths += speedup_histogram(ML.language_speedups(part, C.ML_DENSE, C.ML_SWITCH), out_dir, fast=ML.FAST,
+                                       name=f"speedup_histogram_{subset}", **kw)
     if table == "table7":
         from switchrepro.experiments.paper import load_paper_table
 

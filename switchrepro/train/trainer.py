@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -171,11 +171,14 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
 
 def make_eval_step(model: Transformer, placement: Optional["Placement"] = None):
+    """eval_step(params, batch) -> (<float32>[batch] CE sum per row, <float32>[batch] target tokens per row,
+    MoE metrics). Per row, so that a multilingual evaluation can sum each language's rows."""
     def eval_step(params, batch):
         logits, moe = model.apply({"params": params}, batch, deterministic=True)
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        ce_sum, _, n = cross_entropy(logits, batch["decoder_target_tokens"], weights, 0.0)
-        return ce_sum, n, moe
+        log_z = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+        return jnp.sum((log_z - target_logit) * weights, axis=-1), jnp.sum(weights, axis=-1), moe
 
     if placement is None:
         return jax.jit(eval_step)
@@ -184,19 +187,31 @@ def make_eval_step(model: Transformer, placement: Optional["Placement"] = None):
 
 
 def evaluate(eval_step, params, batches: Iterable[Tuple[Dict[str, np.ndarray], int]],
-             place_batch: Callable[[Dict[str, np.ndarray]], Any] = lambda b: b) -> Dict[str, Any]:
+             place_batch: Callable[[Dict[str, np.ndarray]], Any] = lambda b: b,
+             languages: Optional[np.ndarray] = None, language_names: Sequence[str] = ()) -> Dict[str, Any]:
     """Held-out negative log-perplexity (nats per target token; the paper's quality measure).
 
     `batches` yields (batch, real rows) as `switchrepro.data.cache.eval_batches` does; padding rows
-    have loss weight 0, so they add nothing.
+    have loss weight 0, so they add nothing. With `languages` (<int>[rows], each row's language id in the
+    order the batches hold them: a multilingual cache's `languages`), the result also holds
+    "eval_languages": {name: NLP over that language's rows} for every language with a target token.
     """
-    total, count, layer_rows = 0.0, 0.0, []
-    for batch, _ in batches:
-        ce_sum, n, moe = eval_step(params, place_batch(batch))
-        total += float(ce_sum)
-        count += float(n)
+    ce_rows, n_rows, layer_rows = [], [], []
+    for batch, real in batches:
+        ce, n, moe = eval_step(params, place_batch(batch))
+        ce_rows.append(np.asarray(ce, np.float64)[:real])
+        n_rows.append(np.asarray(n, np.float64)[:real])
         layer_rows.append(per_layer(moe))
+    ce_all = np.concatenate(ce_rows) if ce_rows else np.zeros(0)
+    n_all = np.concatenate(n_rows) if n_rows else np.zeros(0)
+    total, count = float(ce_all.sum()), float(n_all.sum())
     out = {"eval_neg_log_perplexity": -total / max(count, 1.0), "eval_target_tokens": int(count)}
+    if languages is not None:
+        ids = np.asarray(languages)[:len(ce_all)]
+        ce_by = np.bincount(ids, weights=ce_all, minlength=len(language_names))
+        n_by = np.bincount(ids, weights=n_all, minlength=len(language_names))
+        out["eval_languages"] = {name: round(float(-ce_by[i] / n_by[i]), 6)
+                                 for i, name in enumerate(language_names) if n_by[i] > 0}
     if layer_rows and layer_rows[0]:
         # Average the per-layer diagnostics over eval batches.
         merged = {}
@@ -388,6 +403,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         train_step = lambda state, batch, key: distill_step(state, batch, key, teacher[1])
     eval_step = make_eval_step(model, place)
     eval_batches = lambda: data_cache.eval_batches(eval_cache, dc.batch_size, dc.eval_examples)
+    languages = getattr(eval_cache, "languages", None)  # multilingual: NLP per language too
     place_batch = (lambda b: b) if place is None else place.place_batch
     if place is not None:
         echo(memory_summary(train_step, state, place_batch(data_cache.train_batch(train_cache, 0, dc.batch_size,
@@ -414,7 +430,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
                 diverged_at = step
                 row["diverged"] = True
             if do_eval and diverged_at is None:
-                row.update(evaluate(eval_step, state.params, eval_batches(), place_batch))
+                row.update(evaluate(eval_step, state.params, eval_batches(), place_batch, languages=languages,
+                                    language_names=eval_cache.meta.get("languages", ())))
                 if downstream_eval is not None:
                     row.update(downstream_eval(state.params, step))
             log.write(row)
@@ -448,7 +465,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
             best = peak_score(rows)
             peak = {"peak_eval_score": best["value"], "peak_step": best["step"]} if best else {}
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
-                                                          and k != "eval_moe_layers"}, **peak})
+                                                          and k not in ("eval_moe_layers", "eval_languages")}, **peak})
     return RunResult(run_dir / "metrics.jsonl", final, diverged_at)
 
 
