@@ -698,6 +698,13 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
                          "sitting, seed s taking timing round s mod rounds; the training logs' own speeds "
                          "depend on what else shared the machine")
     path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta, languages=languages)
+    if len(languages):
+        from switchrepro.experiments import claims as _claims
+        from switchrepro.experiments import multilingual as _ml
+
+        table_path = results_dir / scale / f"{spec.name}_per_language.csv"
+        _ml.per_language_table(languages, _claims.ML_DENSE, _claims.ML_SWITCH).to_csv(table_path, index=False)
+        click.echo(f"per language: {table_path}")
     click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
     _print_table(spec, scale, results, curves, languages)
 

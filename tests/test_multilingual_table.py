@@ -204,6 +204,9 @@ def test_smoke_run_plot_and_report_through_the_cli(tmp_path, cache_root, cheap_c
     # one value per (run, evaluation, language), the languages of the first 64 held-out rows
     assert not frame.duplicated(["row", "seed", "step", "lang"]).any()
     assert set(frame["lang"]) <= set(ml.language_codes()) and frame["lang"].nunique() >= 2
+    per_language = pd.read_csv(results / "smoke" / "multilingual_per_language.csv", dtype={"lang": str})
+    assert sorted(per_language["lang"]) == sorted(set(frame["lang"])) and per_language["name"].notna().all()
+    assert per_language["gain"].tolist() == sorted(per_language["gain"], reverse=True)
     with gzip.open(results / "smoke" / "multilingual_languages.csv.gz", "rt") as f:
         assert f.readline().strip() == "table,row,seed,step,lang,nlp"
     plot = CliRunner().invoke(main, ["plot", "multilingual", "--scale", "smoke", *common])

@@ -12,6 +12,7 @@ the same batches), and each language gets the mean paired difference with a Stud
     paired_gains(curves, dense, switch)          per language: mean gain, its interval, improved / worse
     language_speedups(curves, dense, switch)     per language: the step speedup of footnote 9, or "never"
     summarize_languages(gains, speedups, langs)  the paper's three summary numbers over a set of languages
+    per_language_table(curves, dense, switch)    one row per language: names, final NLPs, gain, interval, speedup
     mc4_language_set()                           the codes that count as mC4 languages
 """
 
@@ -83,6 +84,25 @@ def language_speedups(curves: pd.DataFrame, dense: str, switch: str) -> pd.DataF
         records.append({"lang": lang, "speedup": s.speedup, "target": s.target, "dense_steps": s.baseline_x,
                         "switch_steps": s.row_x, "reached": not math.isnan(s.row_x)})
     return pd.DataFrame(records, columns=["lang", "speedup", "target", "dense_steps", "switch_steps", "reached"])
+
+
+def per_language_table(curves: pd.DataFrame, dense: str, switch: str) -> pd.DataFrame:
+    """One row per language, sorted by gain: its code, name and mC4 code where the embedded corpus knows them,
+    both rows' final seed-mean NLP, the paired gain with its interval, and the step speedup (`reached` False:
+    Switch never gets to the dense model's final NLP)."""
+    final = final_values(curves).groupby(["lang", "row"])["nlp"].mean().unstack("row")
+    out = paired_gains(curves, dense, switch).merge(language_speedups(curves, dense, switch), on="lang", how="outer")
+    out.insert(1, f"nlp {dense}", out["lang"].map(final[dense]) if dense in final else math.nan)
+    out.insert(2, f"nlp {switch}", out["lang"].map(final[switch]) if switch in final else math.nan)
+    try:
+        from switchrepro.data.multilingual import load_manifest
+
+        known = {lang["code"]: lang for lang in load_manifest()["languages"]}
+    except (OSError, ValueError):
+        known = {}
+    out.insert(1, "name", out["lang"].map(lambda c: known.get(c, {}).get("name", "")))
+    out.insert(2, "mc4", out["lang"].map(lambda c: known.get(c, {}).get("mc4") or ""))
+    return out.sort_values("gain", ascending=False).reset_index(drop=True)
 
 
 def summarize_languages(gains: pd.DataFrame, speedups: pd.DataFrame,
