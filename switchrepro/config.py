@@ -17,6 +17,7 @@ GROUPED_MATMULS = ("auto", "ragged_dot", "blocks")
 ROUNDINGS = ("round", "floor", "ceil")
 EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
 DTYPES = ("float32", "bfloat16")
+ATTENTIONS = ("standard", "selective")  # of causal self-attention (the decoder)
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,8 @@ class ModelConfig:
     encoder_sparse_layers: Optional[Tuple[int, ...]] = None
     decoder_sparse_layers: Optional[Tuple[int, ...]] = None
     moe: Optional[MoeConfig] = None  # None: dense model
+    # "selective": the decoder's causal self-attention is selective attention (model/selective.py)
+    attention: str = "standard"
 
     def sparse_layers(self, stack: str) -> Tuple[int, ...]:
         if self.moe is None:
@@ -132,6 +135,7 @@ class ModelConfig:
         _check(self.num_encoder_layers >= 1 and self.num_decoder_layers >= 1, "need at least one layer per stack")
         _check(self.activation in ("relu", "geglu"), f"activation must be relu or geglu, got {self.activation!r}")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(self.attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         _check(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         _check(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale}")
         if self.moe is not None:

@@ -66,7 +66,7 @@ class PlannedRun:
 
 
 _ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None),
-                ("", "finetune", None))
+                ("", "finetune", None), ("model", "attention", "standard"))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from switchrepro.config import ModelConfig
+from switchrepro.model.selective import segment_starts, selection_penalty
 from switchrepro.moe.layer import MoeFeedForward
 
 Array = jax.Array
@@ -169,13 +170,17 @@ add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 class Attention(nn.Module):
     """Multi-head dot-product attention without biases (no bias *vectors*: the additive attention bias
-    `<float32>[batch, 1|heads, q, k]` from `attention_bias` carries the mask and relative positions)."""
+    `<float32>[batch, 1|heads, q, k]` from `attention_bias` carries the mask and relative positions).
+
+    With `selection` = (mask <bool>[batch, q, k], starts <bool>[batch, k]) it is selective attention: head 0's
+    biased logits give the selection penalty F (model/selective.py), subtracted from every head's logits."""
 
     cfg: ModelConfig
     dtype: Any
 
     @nn.compact
-    def __call__(self, x: Array, kv: Array, bias: Tuple[Array, ...], deterministic: bool) -> Array:
+    def __call__(self, x: Array, kv: Array, bias: Tuple[Array, ...], deterministic: bool,
+                 selection: Optional[Tuple[Array, Array]] = None) -> Array:
         c = self.cfg
         inner = c.num_heads * c.d_kv
         split = lambda t: t.reshape(t.shape[:-1] + (c.num_heads, c.d_kv))
@@ -186,6 +191,8 @@ class Attention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         for b in bias:
             logits = add_bias(logits, b)
+        if selection is not None:
+            logits = logits - selection_penalty(logits[:, 0], *selection)[:, None]
         weights = softmax_last_axis(logits).astype(self.dtype)  # float32 for stability
         weights = nn.Dropout(c.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (inner,))
@@ -252,10 +259,11 @@ class DecoderLayer(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, encoded, self_bias, cross_bias, token_mask, deterministic):
+    def __call__(self, x, encoded, self_bias, cross_bias, token_mask, deterministic, selection=None):
         drop = nn.Dropout(self.cfg.dropout_rate)
         h = RMSNorm(self.dtype, name="pre_self_attention_norm")(x)
-        x = x + drop(Attention(self.cfg, self.dtype, name="self_attention")(h, h, self_bias, deterministic),
+        x = x + drop(Attention(self.cfg, self.dtype, name="self_attention")(h, h, self_bias, deterministic,
+                                                                             selection),
                      deterministic=deterministic)
         h = RMSNorm(self.dtype, name="pre_cross_attention_norm")(x)
         x = x + drop(Attention(self.cfg, self.dtype, name="encoder_decoder_attention")(
@@ -316,12 +324,13 @@ class Transformer(nn.Module):
         metrics = {}
         length = dec_inputs.shape[1]
         causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        self_bias = attention_bias(_segment_mask(dec_segments, dec_segments) & causal,
-                                   self.decoder_bias(length, length))
+        self_mask = _segment_mask(dec_segments, dec_segments) & causal
+        self_bias = attention_bias(self_mask, self.decoder_bias(length, length))
+        selection = (self_mask[:, 0], segment_starts(dec_segments)) if self.cfg.attention == "selective" else None
         cross_bias = attention_bias(_segment_mask(dec_segments, enc_segments))
         x = self.dropout(self.embed(dec_inputs), deterministic=deterministic)
         for layer in self.decoder_layers:
-            x, m = layer(x, encoded, self_bias, cross_bias, dec_segments > 0, deterministic)
+            x, m = layer(x, encoded, self_bias, cross_bias, dec_segments > 0, deterministic, selection)
             if m is not None:
                 metrics[layer.name] = m
         x = self.dropout(self.decoder_norm(x), deterministic=deterministic).astype(jnp.float32)
