@@ -18,6 +18,7 @@ ROUNDINGS = ("round", "floor", "ceil")
 EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
 DTYPES = ("float32", "bfloat16")
 ATTENTIONS = ("standard", "selective")  # of causal self-attention (the decoder)
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,8 @@ class ModelConfig:
     moe: Optional[MoeConfig] = None  # None: dense model
     # "selective": the decoder's causal self-attention is selective attention (model/selective.py)
     attention: str = "standard"
+    # "decoder_only": a language model of num_decoder_layers layers (model/decoder_only.py), no encoder
+    architecture: str = "encoder_decoder"
 
     def sparse_layers(self, stack: str) -> Tuple[int, ...]:
         if self.moe is None:
@@ -136,6 +139,8 @@ class ModelConfig:
         _check(self.activation in ("relu", "geglu"), f"activation must be relu or geglu, got {self.activation!r}")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         _check(self.attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        _check(self.architecture in ARCHITECTURES,
+               f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         _check(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         _check(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale}")
         if self.moe is not None:

@@ -29,6 +29,8 @@ BYTE_SPAN_CORRUPTION_TASK = "switchrepro_byte_span_corruption"
 BYTE_SPAN20_CORRUPTION_TASK = "switchrepro_byte_span20_corruption"
 C4_TASK = "c4_span_corruption"
 C4_TFDS_NAME = "c4/en:3.1.0"
+# Prefix-free language modelling on the embedded corpus (decoder-only models: selective attention).
+BYTE_LM_TASK = "switchrepro_byte_lm"
 # Multilingual pre-training (byte level, ByT5's span 20): the embedded UDHR corpus (multilingual.py), or mC4.
 UDHR_TASK = "switchrepro_byte_udhr_span20_corruption"
 MC4_TASK = "mc4_byte_span20_corruption"
@@ -45,8 +47,9 @@ class TaskInfo:
         ByT5's ids: pad 0, eos 1, unk 2, byte b at b + 3, sentinels counting down from vocab_size - 1).
       vocab_size: ids of that vocabulary (ModelConfig.vocab_size must equal it).
       noise_density, mean_noise_span_length: span-corruption settings (0 for text-to-text tasks).
-      kind: "span_corruption" (pre-training) or "text2text" (a fine-tuning task: {"inputs", "targets"}
-        strings, scored by decoding).
+      kind: "span_corruption" (pre-training), "text2text" (a fine-tuning task: {"inputs", "targets"}
+        strings, scored by decoding) or "lm" (prefix-free language modelling for decoder-only models: targets
+        only, DataConfig.targets_length tokens of running text per example).
       metrics: keys of the scores switchrepro.data.downstream.score returns for the task, e.g.
         ("accuracy",) or ("em", "f1"); () for span corruption.
       tfds_name: the TFDS dataset a benchmark task reads ("glue/sst2:2.0.0"); None for embedded data.
@@ -73,6 +76,7 @@ TASK_INFO = {
     # ByT5's own setting: one ~20-byte span per 128-byte input, so filling it is mostly language knowledge.
     BYTE_SPAN20_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0),
     C4_TASK: TaskInfo("spm8k", 8192, 0.15, 3.0),
+    BYTE_LM_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.0, 0.0, kind="lm"),
     UDHR_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True),
     MC4_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True, tfds_name=MC4_TFDS_NAME),
 }

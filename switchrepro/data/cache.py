@@ -17,7 +17,8 @@ The training process only memory-maps the arrays:
     texts = load_texts(path)          # text-to-text validation: [{"inputs", "targets"}] in row order
     cache.languages, cache.meta["languages"]   # multilingual validation: per-row language id, and the codes
 
-All batches are dicts of int32 arrays [batch, length] with the eight features in FEATURES.
+All batches are dicts of int32 arrays [batch, length] with the eight features in FEATURES; a language-modelling
+task's (decoder-only models) have the five DECODER_FEATURES (seqio's DecoderFeatureConverter).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
               max_examples: Optional[int] = None) -> str:
     """Relative cache path; its hash covers everything that changes the arrays."""
     info = task_info(task)
+    if info.kind == "lm":
+        inputs_length = 0  # targets only
     ident = {
         "format": CACHE_FORMAT, "task": task, "split": split,
         "inputs_length": int(inputs_length), "targets_length": int(targets_length),
@@ -86,6 +89,8 @@ def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
     if info.kind == "text2text":  # added only for these, so the span-corruption caches keep their keys
         ident.update({"kind": info.kind, "packed": is_packed(task, split), "texts_format": TEXTS_FORMAT,
                       "source": _source_identity(task, split)})
+    if info.kind == "lm":
+        ident.update({"kind": info.kind, "inputs_length": 0})  # targets only
     if info.multilingual:
         ident.update({"multilingual_format": MULTILINGUAL_FORMAT, "packed": is_packed(task, split),
                       "source": _multilingual_identity(task)})
@@ -160,6 +165,8 @@ def _check_request(task: str, split: str, inputs_length: int, targets_length: in
         raise DataError(f"unknown task {task!r}; choose one of {TASKS}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if task_info(task).kind == "lm":
+        inputs_length = 8  # not used: a language-modelling example is targets only
     if inputs_length < 8 or targets_length < 4:
         raise DataError(f"feature lengths the data cannot fill: inputs_length={inputs_length} (need >= 8), "
                         f"targets_length={targets_length} (need >= 4)")
@@ -285,7 +292,12 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     packed = is_packed(task, split)
     seq_task = tasks.get_task(task, tfds_data_dir)
     texts, truncated, languages = None, None, None
-    if packed:
+    features = DECODER_FEATURES if info.kind == "lm" else FEATURES
+    if info.kind == "lm":
+        ds = seqio.get_dataset(seq_task, {"targets": int(targets_length)}, seqio.DecoderFeatureConverter(pack=True),
+                               dataset_split=split, shuffle=False, num_epochs=1, seed=SEED, use_cached=False,
+                               verbose=False)
+    elif packed:
         ds = seqio.get_dataset(seq_task, lengths, seqio.EncDecFeatureConverter(pack=True),
                                dataset_split=split, shuffle=False, num_epochs=1, seed=SEED,
                                use_cached=False, verbose=False)
@@ -313,7 +325,7 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     if max_examples is not None:
         ds = ds.take(max_examples)
 
-    rows: Dict[str, list] = {k: [] for k in FEATURES}
+    rows: Dict[str, list] = {k: [] for k in features}
     total = max_examples or (len(texts) if texts is not None else len(languages) if languages is not None else
                              _estimate_examples(split, raw_tokens, info.vocabulary, task))
     with tqdm(total=total, unit="ex", desc=f"{task}/{split} {inputs_length}/{targets_length}",
@@ -321,12 +333,12 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         for ex in ds.as_numpy_iterator():
             if not packed:
                 ex = _single_segment(ex)
-            for k in FEATURES:
+            for k in features:
                 rows[k].append(ex[k])
             bar.update()
         bar.total = bar.n
         bar.refresh()
-    n = len(rows[FEATURES[0]])
+    n = len(rows[features[0]])
     if texts is not None and len(texts) != n:
         raise DataError(f"{task}/{split}: {n} unpacked rows but {len(texts)} texts; the two passes over the "
                         "task disagree (is its source deterministic?)")
@@ -339,7 +351,7 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dtypes = {}
-    for k in FEATURES:
+    for k in features:
         arr = np.stack(rows[k])
         small = np.int8 if k == "decoder_loss_weights" else _dtype_for(int(arr.max(initial=0)))
         if not np.array_equal(arr.astype(small), arr):  # never store a lossy dtype
@@ -353,8 +365,8 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
         "max_examples": max_examples, "seed": SEED,
         "num_examples": n,
         # One segment per span-corruption example; packing puts several in one row when they fit.
-        "num_segments": int(rows["encoder_segment_ids"].max(axis=1).sum()),
-        "tokens": {"inputs": int((rows["encoder_input_tokens"] != 0).sum()),
+        "num_segments": int(rows[f"{features[0].split('_')[0]}_segment_ids"].max(axis=1).sum()),
+        "tokens": {"inputs": int((rows["encoder_input_tokens"] != 0).sum()) if "encoder_input_tokens" in rows else 0,
                    "targets": int((rows["decoder_target_tokens"] != 0).sum())},
         "vocabulary": info.vocabulary, "vocab_size": info.vocab_size,
         **({"span_corruption": {"noise_density": info.noise_density,
@@ -362,6 +374,7 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
                                 "raw_tokens_per_example": raw_tokens, "targets_per_example": span_targets}}
            if info.kind == "span_corruption" else {}),
         "dtypes": dtypes,
+        "features": list(features),
         "key": cache_key(task, split, inputs_length, targets_length, max_examples),
         "seconds": round(time.time() - t0, 2),
     }
@@ -431,7 +444,8 @@ def _single_segment(ex: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def _estimate_examples(split: str, raw_tokens_per_example: int, vocabulary: str,
                        task: Optional[str] = None) -> Optional[int]:
-    if task is not None and (task_info(task).kind == "text2text" or task_info(task).multilingual):
+    if raw_tokens_per_example is None or task is not None and (task_info(task).kind == "text2text"
+                                                               or task_info(task).multilingual):
         return None  # packed rows of a fine-tuning task, multilingual rows: unknown until made
     try:
         from switchrepro.data.corpus import load_manifest
@@ -461,7 +475,7 @@ def load(path: Path) -> Cache:
     if not (path / META).is_file():
         raise DataError(f"{path} is not a materialised cache (no {META}); use ensure_cache() to build it")
     meta = json.loads((path / META).read_text())
-    arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in FEATURES}
+    arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in meta.get("features", FEATURES)}
     for k, a in arrays.items():
         length = meta["inputs_length" if k.startswith("encoder") else "targets_length"]
         if a.shape != (meta["num_examples"], length):

@@ -26,6 +26,7 @@ from switchrepro.data import (
     BENCHMARK_TASKS,
     BENCHMARKS,
     BYTE_EXTRA_IDS,
+    BYTE_LM_TASK,
     BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
     C4_TASK,
@@ -94,6 +95,22 @@ def _embedded_dataset(split: str, shuffle_files: bool, seed: Optional[int] = Non
                 yield {"text": doc["text"]}
 
     return tf.data.Dataset.from_generator(gen, output_signature={"text": tf.TensorSpec((), tf.string)})
+
+
+# ------------------------------------------------------------------------- language modelling (decoder-only)
+
+
+def _lm_preprocessors() -> list:
+    """T5's prefix-free LM chain: documents concatenated (EOS between them) and cut into targets_length
+    pieces of running text."""
+    return [
+        functools.partial(t5_pre.rekey, key_map={"inputs": None, "targets": "text"}),
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.append_eos,
+        functools.partial(t5_pre.reduce_concat_tokens, feature_key="targets", batch_size=128),
+        t5_pre.split_tokens_to_targets_length,
+    ]
 
 
 # ------------------------------------------------------------------------- multilingual (one language per example)
@@ -289,6 +306,14 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             metric_fns=[],
         ))
     _add(udhr_task())
+    _add(seqio.Task(
+        BYTE_LM_TASK,
+        source=seqio.FunctionDataSource(_embedded_dataset, splits=SPLITS,
+                                        num_input_examples={k: v["docs"] for k, v in manifest["splits"].items()}),
+        preprocessors=_lm_preprocessors(),
+        output_features={"targets": seqio.Feature(vocabulary=vocabulary_for(BYTE_LM_TASK), add_eos=False)},
+        metric_fns=[],
+    ))
     for short in DOWNSTREAM_TASKS:
         for vocabulary in ("spm8k", "bytes"):
             _add(_downstream_task(short, downstream_task_name(short, vocabulary)))

@@ -66,7 +66,8 @@ class PlannedRun:
 
 
 _ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None),
-                ("", "finetune", None), ("model", "attention", "standard"))
+                ("", "finetune", None), ("model", "attention", "standard"),
+                ("model", "architecture", "encoder_decoder"))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
@@ -521,14 +522,15 @@ def dry_run_table(runs: Sequence[PlannedRun], log_roots: Sequence[Path] = ()) ->
     `.attrs["gflops"]` is the rate used."""
     import jax
 
-    from switchrepro.model.t5 import Transformer, dummy_batch
+    from switchrepro.model.decoder_only import build_model
+    from switchrepro.model.t5 import dummy_batch
     from switchrepro.train.trainer import flops_per_token
 
     measured = measured_minutes(runs, log_roots)
     lines = []
     for run in runs:
         c, d, t = run.config.model, run.config.data, run.config.train
-        shapes = jax.eval_shape(lambda c=c, d=d: Transformer(c).init(
+        shapes = jax.eval_shape(lambda c=c, d=d: build_model(c).init(
             {"params": jax.random.PRNGKey(0)}, dummy_batch(2, d.inputs_length, d.targets_length), deterministic=True))
         params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
         flops = flops_per_token(c, d.inputs_length, d.targets_length)["flops_per_example"]

@@ -350,8 +350,10 @@ class Transformer(nn.Module):
 
 def init_params(cfg: ModelConfig, rng: Array, batch_size: int = 2, inputs_length: int = 16,
                 targets_length: int = 8):
-    """Initialise parameters (boxed with logical axis names stripped) for `cfg`."""
-    model = Transformer(cfg)
+    """Initialise parameters (boxed with logical axis names stripped) for `cfg` (either architecture)."""
+    from switchrepro.model.decoder_only import build_model  # it builds on this module
+
+    model = build_model(cfg)
     dummy = dummy_batch(batch_size, inputs_length, targets_length)
     variables = model.init({"params": rng}, dummy, deterministic=True)
     return model, nn.meta.unbox(variables["params"])
@@ -359,7 +361,9 @@ def init_params(cfg: ModelConfig, rng: Array, batch_size: int = 2, inputs_length
 
 def logical_axes(cfg: ModelConfig, inputs_length: int = 16, targets_length: int = 8):
     """Pytree of logical axis-name tuples, matching `init_params`' params."""
-    model = Transformer(cfg)
+    from switchrepro.model.decoder_only import build_model
+
+    model = build_model(cfg)
     abstract = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
                                                  dummy_batch(2, inputs_length, targets_length), deterministic=True))
     return nn.get_partition_spec(abstract)["params"]

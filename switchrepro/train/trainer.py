@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from switchrepro.config import DistillConfig, ExperimentConfig, ModelConfig, TrainConfig
+from switchrepro.model.decoder_only import build_model
 from switchrepro.model.t5 import Transformer, count_params, init_params
 from switchrepro.train import adafactor
 from switchrepro.train import distill as distill_lib
@@ -258,6 +259,10 @@ def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -
               + ffn(i in dec_sparse) for i in range(c.num_decoder_layers))
     cross_kv = c.num_decoder_layers * 2 * proj  # keys and values of every encoder token, once per decoder layer
     logits = 2 * c.d_model * c.vocab_size
+    if c.architecture == "decoder_only":  # no encoder, no cross-attention: inputs_length is not used
+        lm = sum(4 * proj + 4 * targets_length * inner + ffn(i in dec_sparse) for i in range(c.num_decoder_layers))
+        per_example = (lm + logits) * targets_length
+        return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
     per_example = (enc + cross_kv) * inputs_length + (dec + logits) * targets_length
     return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
 
@@ -301,7 +306,7 @@ def _initial_state_and_placement(cfg: ExperimentConfig, mesh):
     params = jax.device_put(params, place.state.params)
     opt_state = jax.jit(optimizer.init, out_shardings=place.state.opt_state)(params)
     state = TrainState(step=jax.device_put(jnp.int32(0), place.replicated), params=params, opt_state=opt_state)
-    return Transformer(cfg.model, mesh=mesh), optimizer, state, step_key, place
+    return build_model(cfg.model, mesh=mesh), optimizer, state, step_key, place
 
 
 def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
@@ -496,7 +501,7 @@ def load_params(cfg: ExperimentConfig, run_dir: Optional[Path] = None, exported:
     shapes = jax.eval_shape(lambda: init_params(cfg.model, jax.random.PRNGKey(0), inputs_length=cfg.data.inputs_length,
                                                 targets_length=cfg.data.targets_length)[1])  # shapes only, no init
     params, step = checkpoint.load_exported_params(exported, shapes)
-    return Transformer(cfg.model), params, step
+    return build_model(cfg.model), params, step
 
 
 def _last_eval_row(rows) -> Dict[str, Any]:
