@@ -272,3 +272,34 @@ def run_table_bench(rows, seeds: int, steps: int = 10, rounds: int = 1,
     lines.append(f"| **all** | | | | | | **{total:.1f}** |")
     echo(lines[-1])
     return "\n".join(lines) + "\n", frame
+
+
+# ------------------------------------------------------------------------------- selective attention cost
+
+SELECTIVE_GOAL = 1.10  # selective attention may add less than 10% to a training step of the tiny decoder
+
+
+def run_attention_bench(lengths: List[int], batch_size: int = 32, steps: int = 20, rounds: int = 3,
+                        echo: Callable[[str], None] = print) -> str:
+    """Training-step time of the tiny decoder-only LM (d_model 128, 2 layers, 4 heads of 32, byte vocabulary)
+    with standard and with selective attention, at each context length: `rounds` alternating rounds of
+    `steps` timed steps each (median per round), so both see the same machine state; the ratio is
+    selective / standard of the medians over rounds. Returns a markdown table."""
+    lines = [f"### Tiny decoder-only LM training step, batch {batch_size}, selective vs standard attention "
+             f"({jax.default_backend()}, {rounds} alternating rounds of {steps} steps)", "",
+             "| context | standard ms/step | selective ms/step | ratio | goal |", "|---|---|---|---|---|"]
+    for length in lengths:
+        steppers = {att: _Stepper(ModelConfig(vocab_size=384, d_model=128, d_ff=512, num_heads=4, d_kv=32,
+                                              num_decoder_layers=2, attention=att, architecture="decoder_only"),
+                                  batch_size, 8, length) for att in ("standard", "selective")}
+        times: dict = {att: [] for att in steppers}
+        for _ in range(rounds):
+            for att, stepper in steppers.items():
+                times[att].append(stepper.seconds_per_step(steps))
+        std, sel = statistics.median(times["standard"]), statistics.median(times["selective"])
+        ratio = sel / std
+        line = (f"| {length} | {std * 1e3:.1f} | {sel * 1e3:.1f} | {ratio:.3f} | "
+                f"< {SELECTIVE_GOAL:.2f}: {'met' if ratio < SELECTIVE_GOAL else 'NOT met'} |")
+        echo(line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"

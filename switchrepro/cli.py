@@ -1016,6 +1016,31 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
         output.write_text(text)
 
 
+@bench.command("attention")
+@click.option("--lengths", default="128,256", show_default=True, help="Comma-separated context lengths.")
+@click.option("--batch-size", default=32, type=click.IntRange(1), show_default=True)
+@click.option("--steps", default=20, type=click.IntRange(1), show_default=True, help="Timed steps per round.")
+@click.option("--rounds", default=3, type=click.IntRange(1), show_default=True,
+              help="Alternating rounds of the two models (the medians over rounds are compared).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as markdown here.")
+def bench_attention(lengths: str, batch_size: int, steps: int, rounds: int, output: Optional[Path]):
+    """Training-step time of the tiny decoder-only LM with selective vs standard attention (goal: < 1.10x)."""
+    from switchrepro import bench as B
+
+    try:
+        wanted = [int(x) for x in lengths.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--lengths takes comma-separated integers, e.g. 128,256; got {lengths!r}") from None
+    if not wanted or min(wanted) < 2:
+        raise UserError(f"--lengths needs context lengths >= 2, got {lengths!r}")
+    if output is not None:
+        ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
+    text = B.run_attention_bench(wanted, batch_size=batch_size, steps=steps, rounds=rounds, echo=click.echo)
+    if output:
+        output.write_text(text)
+
+
 @bench.command("table")
 @click.argument("table")
 @click.option("--scale", type=click.Choice(["smoke", "mini", "paper"]), default="mini", show_default=True)

@@ -106,3 +106,18 @@ def test_selective_attention_trains_and_gradients_reach_the_selecting_head():
     assert np.isfinite(g).all() and np.abs(g[:, :8]).sum() > 0
     with pytest.raises(ValueError, match="attention must be one of"):
         dataclasses.replace(ModelConfig(), attention="sparse").validate()
+
+
+def test_bench_attention_times_both_models_at_each_length(tmp_path):
+    from click.testing import CliRunner
+
+    from switchrepro.cli import main
+
+    out = CliRunner().invoke(main, ["bench", "attention", "--lengths", "16,32", "--batch-size", "2", "--steps", "1",
+                                    "--rounds", "1", "--output", str(tmp_path / "a.md")])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| 16 |")
+            or line.startswith("| 32 |")]
+    assert len(rows) == 2 and all(len(r.split("|")) == 7 for r in rows)
+    bad = CliRunner().invoke(main, ["bench", "attention", "--lengths", "1"])
+    assert bad.exit_code == 2 and "--lengths needs context lengths >= 2" in bad.output
