@@ -817,6 +817,16 @@ def _load_table(table, scale, results_dir):
     return saved
 
 
+def _load_languages(table, scale, results_dir):
+    """runner.load_languages (None for a table without per-language results), a damaged file as UserError."""
+    from switchrepro.experiments import runner
+
+    try:
+        return runner.load_languages(results_dir, scale, table)
+    except runner.ResultsError as e:
+        raise UserError(str(e)) from None
+
+
 PLOT_ALIASES = {"scaling": "scaling", "speed-quality": "table1"}
 
 
@@ -827,16 +837,12 @@ PLOT_ALIASES = {"scaling": "scaling", "speed-quality": "table1"}
               show_default=True)
 def plot(what, scale, results_dir):
     """Draw WHAT (scaling, speed-quality, or a table name) as PNG and SVG under results/<scale>/plots/."""
-    from switchrepro.experiments import runner
     from switchrepro.plots import figures
 
     table = PLOT_ALIASES.get(what, what)
     spec = parse_table(table)
     results, curves, loads, _ = _load_table(table, scale, results_dir)
-    try:
-        languages = runner.load_languages(results_dir, scale, table)
-    except runner.ResultsError as e:
-        raise UserError(str(e)) from None
+    languages = _load_languages(table, scale, results_dir)
     out_dir = results_dir / scale / "plots"
     threshold = (spec.threshold or {}).get(scale)
     if what == "speed-quality":
@@ -876,10 +882,7 @@ def report(scale, results_dir):
         results, curves, loads, meta = saved
         spec = parse_table(table)
         threshold = (spec.threshold or {}).get(scale)
-        try:
-            languages = runner.load_languages(results_dir, scale, table)
-        except runner.ResultsError as e:
-            raise UserError(str(e)) from None
+        languages = _load_languages(table, scale, results_dir)
         verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold, languages=languages)
         plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold,
                                    languages=languages)

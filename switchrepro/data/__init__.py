@@ -195,12 +195,7 @@ def require_c4(tfds_data_dir: Optional[str]) -> Path:
         f"files. Use task {SPAN_CORRUPTION_TASK!r} or {BYTE_SPAN_CORRUPTION_TASK!r} for the embedded offline "
         "corpus."
     )
-    if not tfds_data_dir:
-        raise DataError(f"no tfds_data_dir given. {how}")
-    version_dir = Path(tfds_data_dir).expanduser() / "c4" / "en" / "3.1.0"
-    if not (version_dir / "dataset_info.json").is_file():
-        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
-    return Path(tfds_data_dir).expanduser()
+    return _require_prepared(tfds_data_dir, C4_TFDS_NAME, how)
 
 
 def require_mc4(tfds_data_dir: Optional[str]) -> Path:
@@ -211,18 +206,29 @@ def require_mc4(tfds_data_dir: Optional[str]) -> Path:
            "c4/multilingual/3.1.0/ (dataset_info.json and the tfrecord shards), e.g. one prepared with "
            f"`tfds build {MC4_TFDS_NAME} --data_dir DIR` on a machine that can reach the raw files. Use task "
            f"{UDHR_TASK!r} for the embedded offline multilingual corpus.")
-    if not tfds_data_dir:
-        raise DataError(f"no tfds_data_dir given. {how}")
-    version_dir = Path(tfds_data_dir).expanduser() / tfds_dir_of(MC4_TFDS_NAME)
-    if not (version_dir / "dataset_info.json").is_file():
-        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
-    return Path(tfds_data_dir).expanduser()
+    return _require_prepared(tfds_data_dir, MC4_TFDS_NAME, how)
 
 
 def tfds_dir_of(tfds_name: str) -> Path:
     """Relative directory TFDS prepares a dataset in: "glue/sst2:2.0.0" -> glue/sst2/2.0.0."""
     name, version = tfds_name.split(":")
     return Path(*name.split("/"), version)
+
+
+def holds_tfds(tfds_data_dir: Optional[str], tfds_name: str) -> bool:
+    """Whether `tfds_data_dir` holds a prepared copy of `tfds_name` (its dataset_info.json)."""
+    return bool(tfds_data_dir) and (Path(tfds_data_dir).expanduser() / tfds_dir_of(tfds_name)
+                                    / "dataset_info.json").is_file()
+
+
+def _require_prepared(tfds_data_dir: Optional[str], tfds_name: str, how: str) -> Path:
+    """The TFDS data dir if it holds `tfds_name`, else DataError: what is missing, then `how` to prepare it."""
+    if not tfds_data_dir:
+        raise DataError(f"no tfds_data_dir given. {how}")
+    if not holds_tfds(tfds_data_dir, tfds_name):
+        version_dir = Path(tfds_data_dir).expanduser() / tfds_dir_of(tfds_name)
+        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
+    return Path(tfds_data_dir).expanduser()
 
 
 def require_benchmark(task: str, tfds_data_dir: Optional[str]) -> Path:
@@ -241,9 +247,4 @@ def require_benchmark(task: str, tfds_data_dir: Optional[str]) -> Path:
         + (f" ({bench.prepare})" if bench.prepare else "")
         + f". Use one of the offline tasks {', '.join(DOWNSTREAM_TASKS)} to fine-tune without downloads."
     )
-    if not tfds_data_dir:
-        raise DataError(f"no tfds_data_dir given. {how}")
-    version_dir = Path(tfds_data_dir).expanduser() / rel
-    if not (version_dir / "dataset_info.json").is_file():
-        raise DataError(f"{version_dir} does not exist or has no dataset_info.json. {how}")
-    return Path(tfds_data_dir).expanduser()
+    return _require_prepared(tfds_data_dir, bench.tfds_name, how)

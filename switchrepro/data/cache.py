@@ -90,7 +90,7 @@ def cache_key(task: str, split: str, inputs_length: int, targets_length: int,
         ident.update({"kind": info.kind, "packed": is_packed(task, split), "texts_format": TEXTS_FORMAT,
                       "source": _source_identity(task, split)})
     if info.kind == "lm":
-        ident.update({"kind": info.kind, "inputs_length": 0})  # targets only
+        ident["kind"] = info.kind
     if info.multilingual:
         ident.update({"multilingual_format": MULTILINGUAL_FORMAT, "packed": is_packed(task, split),
                       "source": _multilingual_identity(task)})
@@ -304,10 +304,10 @@ def materialize(task: str, split: str, inputs_length: int, targets_length: int,
     elif info.multilingual:
         # unpacked, one example per row; a second pass over the same examples (same seed: same noise) gives
         # each row's language id, which the feature converter drops
-        ds = seqio.EncDecFeatureConverter(pack=False)(
-            seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False, seed=SEED, num_epochs=1),
-            task_feature_lengths=lengths)
-        again = seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False, seed=SEED, num_epochs=1)
+        one_pass = lambda: seq_task.get_dataset(lengths, split=split, use_cached=False, shuffle=False,  # noqa: E731
+                                                seed=SEED, num_epochs=1)
+        ds = seqio.EncDecFeatureConverter(pack=False)(one_pass(), task_feature_lengths=lengths)
+        again = one_pass()
         if max_examples is not None:
             again = again.take(max_examples)
         languages = [(int(ex["lang"]), ex["targets"]) for ex in again.as_numpy_iterator()]

@@ -41,12 +41,12 @@ from switchrepro.data import (
     benchmark_of,
     downstream,
     downstream_task_name,
+    holds_tfds,
     multilingual,
     require_benchmark,
     require_c4,
     require_mc4,
     task_info,
-    tfds_dir_of,
 )
 from switchrepro.data.corpus import SPLITS, iter_shard, load_manifest, shard_paths
 from switchrepro.data.vocab import get_vocabulary
@@ -157,7 +157,7 @@ def _udhr_dataset(split: str, shuffle_files: bool = False, seed: Optional[int] =
 
 
 def udhr_task(name: str = UDHR_TASK) -> seqio.Task:
-    counts = {split: sum(1 for _ in multilingual.iter_records(split)) for split in SPLITS}
+    counts = {f["split"]: f["records"] for f in multilingual.load_manifest()["files"]}
     return seqio.Task(
         name,
         source=seqio.FunctionDataSource(_udhr_dataset, splits=SPLITS, num_input_examples=counts),
@@ -321,11 +321,10 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
         # Only the benchmarks the directory holds: the others stay unregistered, and get_task says what to prepare.
         root = Path(tfds_data_dir).expanduser()
         for name in BENCHMARK_TASKS:
-            if (root / tfds_dir_of(BENCHMARKS[name].tfds_name) / "dataset_info.json").is_file():
+            if holds_tfds(tfds_data_dir, BENCHMARKS[name].tfds_name):
                 for vocabulary in ("spm8k", "bytes"):
                     _add(_benchmark_task(name, downstream_task_name(name, vocabulary), str(root)))
-    if tfds_data_dir is not None and (Path(tfds_data_dir).expanduser() / tfds_dir_of(C4_TFDS_NAME)
-                                      / "dataset_info.json").is_file():
+    if holds_tfds(tfds_data_dir, C4_TFDS_NAME):
         _add(seqio.Task(
             C4_TASK,
             source=seqio.TfdsDataSource(C4_TFDS_NAME, tfds_data_dir=str(require_c4(tfds_data_dir))),
@@ -333,8 +332,7 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             output_features=output_features(C4_TASK),
             metric_fns=[],
         ))
-    if tfds_data_dir is not None and (Path(tfds_data_dir).expanduser() / tfds_dir_of(MC4_TFDS_NAME)
-                                      / "dataset_info.json").is_file():
+    if holds_tfds(tfds_data_dir, MC4_TFDS_NAME):
         _add(seqio.Task(
             MC4_TASK,
             source=seqio.FunctionDataSource(_mc4_dataset_fn(str(require_mc4(tfds_data_dir))), splits=SPLITS),

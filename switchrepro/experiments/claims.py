@@ -769,15 +769,22 @@ def improves_every_language(subset: str) -> Claim:
                  (ML_DENSE, ML_SWITCH), check)
 
 
-def _per_seed_language_summaries(frame: pd.DataFrame, languages) -> list[dict]:
+def _language_summaries(ev: Evidence, subset: str) -> Optional[tuple[pd.DataFrame, dict, list[dict]]]:
+    """The subset's per-language evaluations, multilingual.summarize_languages of them (seed-mean curves), and
+    the same summary for each seed the two rows share; None if there are no per-language evaluations."""
     from switchrepro.experiments import multilingual as ML
 
-    out = []
-    for seed in sorted(set(frame[frame["row"] == ML_DENSE]["seed"]) & set(frame[frame["row"] == ML_SWITCH]["seed"])):
-        one = frame[frame["seed"] == seed]
-        out.append(ML.summarize_languages(ML.paired_gains(one, ML_DENSE, ML_SWITCH),
-                                          ML.language_speedups(one, ML_DENSE, ML_SWITCH), languages))
-    return out
+    frame = _language_view(ev, subset)
+    if frame is None:
+        return None
+    langs = sorted(set(frame["lang"]))
+
+    def summary(part: pd.DataFrame) -> dict:
+        return ML.summarize_languages(ML.paired_gains(part, ML_DENSE, ML_SWITCH),
+                                      ML.language_speedups(part, ML_DENSE, ML_SWITCH), langs)
+
+    seeds = sorted(set(frame[frame["row"] == ML_DENSE]["seed"]) & set(frame[frame["row"] == ML_SWITCH]["seed"]))
+    return frame, summary(frame), [summary(frame[frame["seed"] == seed]) for seed in seeds]
 
 
 def mean_language_speedup(subset: str) -> Claim:
@@ -786,16 +793,11 @@ def mean_language_speedup(subset: str) -> Claim:
     when fewer than NEVER_REACHED_LIMIT of the languages are never reached (a mean over the others would flatter
     Switch); not reproduced when more than half are never reached."""
     def check(ev: Evidence) -> Outcome:
-        from switchrepro.experiments import multilingual as ML
-
-        frame = _language_view(ev, subset)
-        if frame is None:
+        found = _language_summaries(ev, subset)
+        if found is None:
             return Outcome(INCONCLUSIVE, math.nan, math.nan, "no per-language evaluations")
-        langs = sorted(set(frame["lang"]))
-        summary = ML.summarize_languages(ML.paired_gains(frame, ML_DENSE, ML_SWITCH),
-                                         ML.language_speedups(frame, ML_DENSE, ML_SWITCH), langs)
-        per_seed = [s["mean_speedup"] for s in _per_seed_language_summaries(frame, langs)]
-        per_seed = [x for x in per_seed if not math.isnan(x)]
+        _, summary, seeds = found
+        per_seed = [s["mean_speedup"] for s in seeds if not math.isnan(s["mean_speedup"])]
         spread = float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
         mean, never, n = summary["mean_speedup"], summary["never_reached"], summary["languages"]
         margin = mean - 1.0
@@ -823,13 +825,11 @@ def fast_language_fraction(subset: str) -> Claim:
     def check(ev: Evidence) -> Outcome:
         from switchrepro.experiments import multilingual as ML
 
-        frame = _language_view(ev, subset)
-        if frame is None:
+        found = _language_summaries(ev, subset)
+        if found is None:
             return Outcome(INCONCLUSIVE, math.nan, math.nan, "no per-language evaluations")
-        langs = sorted(set(frame["lang"]))
-        summary = ML.summarize_languages(ML.paired_gains(frame, ML_DENSE, ML_SWITCH),
-                                         ML.language_speedups(frame, ML_DENSE, ML_SWITCH), langs)
-        per_seed = [s["fast_fraction"] for s in _per_seed_language_summaries(frame, langs)]
+        frame, summary, seeds = found
+        per_seed = [s["fast_fraction"] for s in seeds]
         spread = float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
         share = summary["fast_fraction"]
         margin = share - PAPER_FAST_FRACTION

@@ -22,10 +22,9 @@ import numpy as np
 from switchrepro.config import ModelConfig
 from switchrepro.model.selective import segment_starts
 from switchrepro.model.t5 import (
-    Attention,
-    FeedForward,
     RelativePositionBias,
     RMSNorm,
+    SelfAttentionLayer,
     Transformer,
     _segment_mask,
     attention_bias,
@@ -33,25 +32,6 @@ from switchrepro.model.t5 import (
 )
 
 Array = jax.Array
-
-
-class LMLayer(nn.Module):
-    """Causal self-attention (standard or selective), then the FFN (dense or sparse)."""
-
-    cfg: ModelConfig
-    sparse: bool
-    dtype: Any
-    mesh: Any = None
-
-    @nn.compact
-    def __call__(self, x, bias, token_mask, deterministic, selection=None):
-        drop = nn.Dropout(self.cfg.dropout_rate)
-        h = RMSNorm(self.dtype, name="pre_self_attention_norm")(x)
-        x = x + drop(Attention(self.cfg, self.dtype, name="self_attention")(h, h, bias, deterministic, selection),
-                     deterministic=deterministic)
-        h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
-        y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, self.mesh, name="ffn")(h, token_mask, deterministic)
-        return x + drop(y, deterministic=deterministic), metrics
 
 
 class DecoderOnly(nn.Module):
@@ -67,8 +47,8 @@ class DecoderOnly(nn.Module):
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")), name="token_embedder")
         sparse = set(c.sparse_layers("decoder"))
-        self.layers = [LMLayer(c, i in sparse, self.dtype, self.mesh, name=f"decoder_layer_{i}")
-                       for i in range(c.num_decoder_layers)]
+        self.layers = [SelfAttentionLayer(c, i in sparse, self.dtype, self.mesh, attention_name="self_attention",
+                                          name=f"decoder_layer_{i}") for i in range(c.num_decoder_layers)]
         self.relpos = RelativePositionBias(num_buckets=c.relative_attention_num_buckets,
                                            max_distance=c.relative_attention_max_distance, num_heads=c.num_heads,
                                            bidirectional=False, dtype=self.dtype, name="decoder_relpos")

@@ -235,17 +235,21 @@ class FeedForward(nn.Module):
         return moe(x, token_mask, deterministic=deterministic)
 
 
-class EncoderLayer(nn.Module):
+class SelfAttentionLayer(nn.Module):
+    """Self-attention, then the FFN: an encoder layer, or (attention_name "self_attention", causal bias, and
+    `selection` for selective attention) a decoder-only LM's layer (model/decoder_only.py)."""
+
     cfg: ModelConfig
     sparse: bool
     dtype: Any
     mesh: Any = None
+    attention_name: str = "attention"  # also names its norm, pre_<attention_name>_norm
 
     @nn.compact
-    def __call__(self, x, bias, token_mask, deterministic):
+    def __call__(self, x, bias, token_mask, deterministic, selection=None):
         drop = nn.Dropout(self.cfg.dropout_rate)
-        h = RMSNorm(self.dtype, name="pre_attention_norm")(x)
-        x = x + drop(Attention(self.cfg, self.dtype, name="attention")(h, h, bias, deterministic),
+        h = RMSNorm(self.dtype, name=f"pre_{self.attention_name}_norm")(x)
+        x = x + drop(Attention(self.cfg, self.dtype, name=self.attention_name)(h, h, bias, deterministic, selection),
                      deterministic=deterministic)
         h = RMSNorm(self.dtype, name="pre_mlp_norm")(x)
         y, metrics = FeedForward(self.cfg, self.sparse, self.dtype, self.mesh, name="ffn")(h, token_mask, deterministic)
@@ -295,7 +299,7 @@ class Transformer(nn.Module):
                               embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           ("vocab", "embed")), name="token_embedder")
         enc_sparse, dec_sparse = set(c.sparse_layers("encoder")), set(c.sparse_layers("decoder"))
-        self.encoder_layers = [EncoderLayer(c, i in enc_sparse, self.dtype, self.mesh, name=f"encoder_layer_{i}")
+        self.encoder_layers = [SelfAttentionLayer(c, i in enc_sparse, self.dtype, self.mesh, name=f"encoder_layer_{i}")
                                for i in range(c.num_encoder_layers)]
         self.decoder_layers = [DecoderLayer(c, i in dec_sparse, self.dtype, self.mesh, name=f"decoder_layer_{i}")
                                for i in range(c.num_decoder_layers)]

@@ -79,10 +79,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_l
       weights: <float32>[batch, length], 0 on padding.
     Returns: (sum of weighted CE, sum of weighted z-loss, sum of weights) as float32 scalars.
     """
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    ce = log_z - target_logit
+    ce, log_z = token_cross_entropy(logits, targets)
     return jnp.sum(ce * weights), jnp.sum(z_loss * log_z**2 * weights), jnp.sum(weights)
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array):
+    """(<float32>[batch, length] cross-entropy of each target token in nats, the logits' log-partition)."""
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    return log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0], log_z
 
 
 def moe_summary(moe_metrics: Dict[str, Any]) -> Dict[str, jax.Array]:
@@ -177,9 +181,8 @@ def make_eval_step(model: Transformer, placement: Optional["Placement"] = None):
     def eval_step(params, batch):
         logits, moe = model.apply({"params": params}, batch, deterministic=True)
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        log_z = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-        return jnp.sum((log_z - target_logit) * weights, axis=-1), jnp.sum(weights, axis=-1), moe
+        ce, _ = token_cross_entropy(logits, batch["decoder_target_tokens"])
+        return jnp.sum(ce * weights, axis=-1), jnp.sum(weights, axis=-1), moe
 
     if placement is None:
         return jax.jit(eval_step)
