@@ -517,9 +517,12 @@ def _read_json(path: Path, what: str):
 def prepare_run_dir(cfg: C.ExperimentConfig, operative: str, run_dir: Path) -> None:
     """Refuses a run directory that holds another configuration; saves config.json, the operative
     gin config and the command line."""
+    from switchrepro.experiments.runner import without_neutral_additions
+
     saved = run_dir / "config.json"
     as_dict = C.to_dict(cfg)
-    if saved.exists() and _read_json(saved, "the run's configuration") != json.loads(json.dumps(as_dict)):
+    if saved.exists() and (without_neutral_additions(_read_json(saved, "the run's configuration"))
+                           != without_neutral_additions(as_dict)):
         raise UserError(f"{run_dir} holds a run with a different configuration (see {saved}); "
                         "use a new --run-dir or delete that one")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,24 @@ def test_changed_config_in_existing_run_dir_is_refused(trained, cache_root):
     assert result.exit_code == 2 and "different configuration" in result.output
 
 
+def test_run_dir_saved_before_an_option_existed_is_resumed(trained, cache_root, tmp_path):
+    # A run saved before model.attention / model.architecture / cooldown_steps existed holds their neutral values.
+    run_dir = tmp_path / "old"
+    shutil.copytree(trained[0], run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    for section, name in (("model", "attention"), ("model", "architecture"), ("train", "cooldown_steps")):
+        del saved[section][name]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--run-dir", str(run_dir),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "config.json").read_text())["model"]["attention"] == "standard"
+    saved["model"]["attention"] = "selective"  # a non-neutral difference is still refused
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    result = CliRunner().invoke(main, ["train", *TINY, *_cache(cache_root), "--run-dir", str(run_dir)])
+    assert result.exit_code == 2 and "different configuration" in result.output
+
+
 def _garble(checkpoint_dir):
     for f in checkpoint_dir.rglob("*"):
         if f.is_file():

@@ -70,18 +70,24 @@ _ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", 
                 ("model", "architecture", "encoder_decoder"))
 
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    """A stable hash of everything that determines a run's metrics (progress-bar flags excluded)."""
-    d = dataclasses.asdict(cfg)
-    d["train"].pop("progress", None)
-    # Options added after runs were committed are hashed only when set, so old runs keep their keys.
+def without_neutral_additions(d: dict) -> dict:
+    """A config dict without the options added after runs were committed, where they hold their
+    neutral value: old runs keep their keys, and their saved config.json still matches."""
+    d = json.loads(json.dumps(d))
     for section, name, neutral in _ADDED_LATER:
         part = d
         for key in filter(None, section.split(".")):  # "" is the top level
             part = part.get(key) or {}  # model.moe is None in a dense model
         if name in part and part[name] == neutral:
             part.pop(name)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    return d
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """A stable hash of everything that determines a run's metrics (progress-bar flags excluded)."""
+    d = dataclasses.asdict(cfg)
+    d["train"].pop("progress", None)
+    return hashlib.sha256(json.dumps(without_neutral_additions(d), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def slug(name: str) -> str:
