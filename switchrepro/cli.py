@@ -685,6 +685,7 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
         rows=list(dict.fromkeys([*(r.name for r in spec.default_rows(scale)), *(row_names or [])])))
     results, curves, loads = runner.collect(spec, scale, everything)
     languages = runner.collect_languages(spec, everything)
+    pruning = _collect_pruning(spec, scale, everything)
     meta = {"command": shlex.join(["switchrepro"] + sys.argv[1:]), "scale": scale, "table": table,
             "seeds": int(results["seed"].nunique()) if len(results) else 0,
             "rows": list(dict.fromkeys(results["row"])) if len(results) else [],
@@ -700,7 +701,8 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
                          f"({speed[1].get('date', '?')}; {speed[1].get('host', '?')}): every row timed in one "
                          "sitting, seed s taking timing round s mod rounds; the training logs' own speeds "
                          "depend on what else shared the machine")
-    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta, languages=languages)
+    path = runner.save(spec, scale, everything, results, curves, loads, results_dir, meta, languages=languages,
+                       pruning=pruning)
     if len(languages):
         from switchrepro.experiments import claims as _claims
         from switchrepro.experiments import multilingual as _ml
@@ -709,7 +711,30 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
         _ml.per_language_table(languages, _claims.ML_DENSE, _claims.ML_SWITCH).to_csv(table_path, index=False)
         click.echo(f"per language: {table_path}")
     click.echo(f"results: {path} ({len(results)} of {len(everything)} runs of the table finished)")
-    _print_table(spec, scale, results, curves, languages)
+    _print_table(spec, scale, results, curves, languages, pruning)
+
+
+def _measure_pruning(run, pruning, echo) -> None:
+    """runner.ensure_pruning, a model or data that cannot be pruned as a one-line error."""
+    from switchrepro.experiments import runner
+
+    try:
+        runner.ensure_pruning(run, pruning, echo=echo)
+    except ValueError as e:
+        raise UserError(f"{run.row.name} seed {run.seed}: {e}") from None
+
+
+def _collect_pruning(spec, scale, runs):
+    """Context pruning of the table's finished runs (measuring the ones that lack it), or None for a table
+    without pruning."""
+    from switchrepro.experiments import runner
+
+    pruning = (spec.pruning or {}).get(scale)
+    if pruning is None:
+        return None
+    for r in runs:
+        _measure_pruning(r, pruning, click.echo)
+    return runner.collect_pruning(spec, scale, runs)
 
 
 def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
@@ -725,6 +750,7 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
     click.echo(backend_line())
 
     params_root = results_dir / scale / "params"
+    pruning = (parse_table(table).pruning or {}).get(scale)
 
     def train_one(r):
         echo = lambda m: click.echo("  " + m)  # noqa: E731
@@ -736,6 +762,8 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
             pretrained = runner.source_params(r.pretrained, params_root, echo=echo)[1]
         prepare_run_dir(r.config, r.operative_gin, r.run_dir)
         _train_run(r.config, r.run_dir, progress=None, echo=echo, mesh=mesh, teacher=teacher, pretrained=pretrained)
+        if pruning is not None:  # measured by the worker that trained the run, while it has it at hand
+            _measure_pruning(r, pruning, echo)
 
     if workers > 1:
         child = ["run", table, "--scale", scale, "--results-dir", str(results_dir), "--runs-dir", str(runs_dir),
@@ -797,17 +825,20 @@ def run_workers(args, workers: int) -> None:
                         + "; its error is above. Finished runs are kept: rerun the same command to continue")
 
 
-def _print_table(spec, scale, results, curves, languages=None):
+def _print_table(spec, scale, results, curves, languages=None, pruning=None):
     from switchrepro.experiments import claims, paper, report
 
     if results.empty:
         return
     threshold = (spec.threshold or {}).get(scale)
     summary = claims.table_summary(spec.name, results, curves, threshold)
-    verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold, languages=languages)
+    verdicts = claims.evaluate_claims(spec.name, results, curves, threshold=threshold, languages=languages,
+                                      pruning=pruning)
     click.echo(report.format_console(spec.name, summary, paper.load_paper_table(spec.name), verdicts, curves=curves))
     if languages is not None and len(languages):
         click.echo(report.language_summary_markdown(languages))
+    if pruning is not None and len(pruning):
+        click.echo(report.pruning_markdown(pruning))
 
 
 def _load_table(table, scale, results_dir):
@@ -818,6 +849,16 @@ def _load_table(table, scale, results_dir):
         raise UserError(f"no results for {table} at scale {scale} in {results_dir}: run "
                         f"`switchrepro run {table} --scale {scale}` first")
     return saved
+
+
+def _load_pruning(table, scale, results_dir):
+    """runner.load_pruning (None for a table without pruning results), a damaged file as UserError."""
+    from switchrepro.experiments import runner
+
+    try:
+        return runner.load_pruning(results_dir, scale, table)
+    except runner.ResultsError as e:
+        raise UserError(str(e)) from None
 
 
 def _load_languages(table, scale, results_dir):
@@ -846,6 +887,7 @@ def plot(what, scale, results_dir):
     spec = parse_table(table)
     results, curves, loads, _ = _load_table(table, scale, results_dir)
     languages = _load_languages(table, scale, results_dir)
+    pruning = _load_pruning(table, scale, results_dir)
     out_dir = results_dir / scale / "plots"
     threshold = (spec.threshold or {}).get(scale)
     if what == "speed-quality":
@@ -854,7 +896,8 @@ def plot(what, scale, results_dir):
         paths = figures.speed_quality(claims.table_summary(table, results, curves, threshold), out_dir,
                                       prefix=table, scale=scale)
     else:
-        paths = figures.plot_table(table, results, curves, loads, out_dir, threshold=threshold, languages=languages)
+        paths = figures.plot_table(table, results, curves, loads, out_dir, threshold=threshold, languages=languages,
+                                   pruning=pruning)
     for p in paths:
         click.echo(str(p))
 
@@ -886,12 +929,16 @@ def report(scale, results_dir):
         spec = parse_table(table)
         threshold = (spec.threshold or {}).get(scale)
         languages = _load_languages(table, scale, results_dir)
-        verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold, languages=languages)
+        pruning = _load_pruning(table, scale, results_dir)
+        verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold, languages=languages,
+                                          pruning=pruning)
         plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold,
-                                   languages=languages)
+                                   languages=languages, pruning=pruning)
         meta = {**meta, "threshold": threshold, "wall_seconds": meta.get("train_seconds_total")}
         if languages is not None and len(languages):
             meta["languages"] = R.language_summary_markdown(languages)
+        if pruning is not None and len(pruning):
+            meta["pruning"] = R.pruning_markdown(pruning)
         notes_dir = results_dir / scale / "notes"
         if (notes_dir / f"{table}.md").exists():
             meta["notes"] = (notes_dir / f"{table}.md").read_text()

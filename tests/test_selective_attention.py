@@ -10,7 +10,16 @@ import pytest
 
 from switchrepro.config import ModelConfig
 from switchrepro.model import t5
-from switchrepro.model.selective import segment_starts, selection_penalty
+from switchrepro.model.selective import BLOCK, exclusive_cumsum, segment_starts, selection_penalty
+
+
+@pytest.mark.parametrize("queries", [1, BLOCK, 2 * BLOCK + 5])
+def test_exclusive_cumsum_is_the_shifted_running_sum(queries):
+    s = np.random.default_rng(queries).normal(size=(2, queries, 7)).astype(np.float32)
+    expected = np.zeros_like(s)
+    for i in range(1, queries):  # F[:, i] = s[:, 0] + ... + s[:, i - 1]
+        expected[:, i] = expected[:, i - 1] + s[:, i - 1]
+    np.testing.assert_allclose(np.asarray(exclusive_cumsum(jnp.asarray(s))), expected, rtol=1e-5, atol=1e-5)
 
 
 def _reference(head_logits, segments):

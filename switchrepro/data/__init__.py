@@ -29,8 +29,9 @@ BYTE_SPAN_CORRUPTION_TASK = "switchrepro_byte_span_corruption"
 BYTE_SPAN20_CORRUPTION_TASK = "switchrepro_byte_span20_corruption"
 C4_TASK = "c4_span_corruption"
 C4_TFDS_NAME = "c4/en:3.1.0"
-# Prefix-free language modelling on the embedded corpus (decoder-only models: selective attention).
+# Prefix-free language modelling on the embedded corpus (decoder-only models: selective attention), or on C4.
 BYTE_LM_TASK = "switchrepro_byte_lm"
+C4_LM_TASK = "c4_lm"
 # Multilingual pre-training (byte level, ByT5's span 20): the embedded UDHR corpus (multilingual.py), or mC4.
 UDHR_TASK = "switchrepro_byte_udhr_span20_corruption"
 MC4_TASK = "mc4_byte_span20_corruption"
@@ -77,6 +78,7 @@ TASK_INFO = {
     BYTE_SPAN20_CORRUPTION_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0),
     C4_TASK: TaskInfo("spm8k", 8192, 0.15, 3.0),
     BYTE_LM_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.0, 0.0, kind="lm"),
+    C4_LM_TASK: TaskInfo("spm8k", 8192, 0.0, 0.0, kind="lm"),
     UDHR_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True),
     MC4_TASK: TaskInfo("bytes", 3 + 256 + BYTE_EXTRA_IDS, 0.15, 20.0, multilingual=True, tfds_name=MC4_TFDS_NAME),
 }
@@ -185,10 +187,10 @@ def cache_root(cache_dir: Optional[str] = None) -> Path:
     return Path(root).expanduser()
 
 
-def require_c4(tfds_data_dir: Optional[str]) -> Path:
+def require_c4(tfds_data_dir: Optional[str], task: str = C4_TASK) -> Path:
     """Return the TFDS data dir if it holds c4/en/3.1.0, else raise DataError saying what to prepare."""
     how = (
-        f"The task {C4_TASK!r} reads TFDS {C4_TFDS_NAME!r} and needs a prepared copy: pass "
+        f"The task {task!r} reads TFDS {C4_TFDS_NAME!r} and needs a prepared copy: pass "
         "DataConfig.tfds_data_dir (or --tfds_data_dir) pointing at a directory that contains "
         "c4/en/3.1.0/ (dataset_info.json and the tfrecord shards), e.g. one prepared with "
         "`tfds build c4/en:3.1.0 --data_dir DIR` on a machine that can reach the raw Common Crawl "

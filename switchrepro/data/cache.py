@@ -41,6 +41,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from switchrepro.data import (
+    C4_LM_TASK,
     C4_TASK,
     DOWNSTREAM_TASKS,
     MC4_TASK,
@@ -189,8 +190,8 @@ def ensure_cache(task: str, split: str, inputs_length: int, targets_length: int,
     nothing that looks valid. Failure raises DataError carrying the subprocess's last error line.
     """
     _check_request(task, split, inputs_length, targets_length, max_examples)
-    if task == C4_TASK:
-        require_c4(tfds_data_dir)
+    if task in (C4_TASK, C4_LM_TASK):
+        require_c4(tfds_data_dir, task)
     if task == MC4_TASK:
         require_mc4(tfds_data_dir)
     if benchmark_of(task) is not None:

@@ -29,6 +29,7 @@ from switchrepro.data import (
     BYTE_LM_TASK,
     BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
+    C4_LM_TASK,
     C4_TASK,
     C4_TFDS_NAME,
     DOWNSTREAM_TASKS,
@@ -332,6 +333,13 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
             output_features=output_features(C4_TASK),
             metric_fns=[],
         ))
+        _add(seqio.Task(
+            C4_LM_TASK,
+            source=seqio.TfdsDataSource(C4_TFDS_NAME, tfds_data_dir=str(require_c4(tfds_data_dir, C4_LM_TASK))),
+            preprocessors=_lm_preprocessors(),
+            output_features={"targets": seqio.Feature(vocabulary=vocabulary_for(C4_LM_TASK), add_eos=False)},
+            metric_fns=[],
+        ))
     if holds_tfds(tfds_data_dir, MC4_TFDS_NAME):
         _add(seqio.Task(
             MC4_TASK,
@@ -345,8 +353,8 @@ def register_tasks(tfds_data_dir: Optional[str] = None) -> None:
 def get_task(name: str, tfds_data_dir: Optional[str] = None) -> seqio.Task:
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; choose one of {TASKS}")
-    if name == C4_TASK:
-        require_c4(tfds_data_dir)  # never fall back to other data
+    if name in (C4_TASK, C4_LM_TASK):
+        require_c4(tfds_data_dir, name)  # never fall back to other data
     if name == MC4_TASK:
         require_mc4(tfds_data_dir)
     if benchmark_of(name) is not None:

@@ -84,7 +84,8 @@ VERDICT_RULE = (
     "per-seed speedups.\n\n"
     "A claim whose rows were not run is inconclusive.\n\n"
     "**Positive control.** table1, scaling and multilingual first check that the larger dense model "
-    "(T5-Large, mT5-Large) beats the base one. If that control is not reproduced, the regime cannot show what "
+    "(T5-Large, mT5-Large) beats the base one; selective_attention, that standard attention with 2 heads beats 1. "
+    "If that control is not reproduced, the regime cannot show what "
     "parameters buy, and every other "
     "verdict of the table reads **regime invalid** (its detail keeps what it would have been).\n\n"
     "**Multilingual (per language).** \"Every language improves\": reproduced iff each language's 95% "
@@ -92,6 +93,11 @@ VERDICT_RULE = (
     "reproduced iff any lies below. \"Mean speedup > 1\": the mean of the per-language step speedups, spread = "
     "the std of the per-seed means; reproduced needs fewer than 10% of languages never reaching mT5's final NLP. "
     "\"91% at >= 4x\": reproduced iff the share is at least 91% minus 2 x its per-seed std.\n\n"
+    "**Selective attention.** \"Selective with H heads is at least as good as standard with 2H\": not reproduced "
+    "iff it is worse by more than 2 x spread; reproduced otherwise, but only where doubling the standard heads "
+    "itself pays beyond the noise (else inconclusive). \"Less attention memory\": with context pruning, the "
+    "smallest budget (keys per layer) at which a selective seed reaches the standard row's unpruned seed-mean NLP; "
+    "ratio = context / budget; reproduced iff every seed's ratio is at least 2, not reproduced iff none is.\n\n"
     "**Teacher not ahead.** A distillation claim is judged only when its teacher beats the dense model; "
     "otherwise it reads **teacher not ahead**, not a failed distillation."
 )
@@ -288,6 +294,7 @@ class Evidence:
     curves: Optional[pd.DataFrame] = None
     threshold: Optional[float] = None
     languages: Optional[pd.DataFrame] = None  # per-language evaluations (multilingual)
+    pruning: Optional[pd.DataFrame] = None  # quality per context and attention-memory budget (selective attention)
 
     def has(self, row: str) -> bool:
         return row in self.summary.index
@@ -861,6 +868,154 @@ def _multilingual_claims() -> list[Claim]:
     ]
 
 
+# ------------------------------------------------------------------------- selective attention (Leviathan et al.)
+
+# Each selective row against the standard row of the same heads and FFN: how much attention memory (keys per
+# layer) it needs, with context pruning, to reach that standard row's unpruned held-out NLP.
+SA_MEMORY_PAIRS = (("Selective H1", "Standard H1"), ("Selective H2", "Standard H2"),
+                   ("Switch Selective H1", "Switch Standard H1"))
+MIN_MEMORY_RATIO = 2.0  # "several times less memory": every seed needs at most half the context
+
+
+def budget_needed(curve: pd.DataFrame, target: float) -> float:
+    """The smallest `budget` of `curve` (columns budget, nlp) whose nlp reaches `target`; NaN if none does."""
+    ok = curve[curve["nlp"] >= target]
+    return float(ok["budget"].min()) if len(ok) else math.nan
+
+
+def memory_ratios(pruning: pd.DataFrame) -> pd.DataFrame:
+    """For each pair of SA_MEMORY_PAIRS present and each context: the target (the standard row's unpruned
+    seed-mean NLP), the budget the selective row's seed-mean curve needs to reach it, ratio = context /
+    that budget (NaN: not reached even unpruned), and the same ratio per selective seed (`seed_ratios`)."""
+    out = []
+    for sel, std in SA_MEMORY_PAIRS:
+        for context in sorted(pruning["context"].unique()) if len(pruning) else ():
+            at = pruning[pruning["context"] == context]
+            selective = at[at["row"] == sel]
+            standard = at[(at["row"] == std) & (at["budget"] == context)]
+            if selective.empty or standard.empty:
+                continue
+            target = float(standard["nlp"].mean())
+            needed = budget_needed(selective.groupby("budget", as_index=False)["nlp"].mean(), target)
+            per_seed = tuple(context / budget_needed(g, target) for _, g in selective.groupby("seed"))
+            out.append({"selective": sel, "standard": std, "context": int(context), "target": target,
+                        "standard_std": float(standard["nlp"].std(ddof=1)) if len(standard) > 1 else math.nan,
+                        "budget": needed, "ratio": context / needed, "seed_ratios": per_seed,
+                        "n_selective": int(selective["seed"].nunique()), "n_standard": int(standard["seed"].nunique())})
+    return pd.DataFrame(out, columns=["selective", "standard", "context", "target", "standard_std", "budget", "ratio",
+                                      "seed_ratios", "n_selective", "n_standard"])
+
+
+def at_least(a: str, b: str, doubled_from: str, claim_id: str, text: str) -> Claim:
+    """Row `a` is at least as good as row `b` (not worse by more than 2 x spread), where `b` has twice the
+    heads of `doubled_from`: the claim means something only if doubling the heads pays here (`b` beats
+    `doubled_from` by the beats rule), so without that it is inconclusive."""
+
+    def check(ev: Evidence) -> Outcome:
+        sa, sb, sc = (_stats(ev, r, "nlp") for r in (a, b, doubled_from))
+        margin, spread = sa.mean - sb.mean, _spread(sa.std, sb.std)
+        gain, gain_spread = sb.mean - sc.mean, _spread(sb.std, sc.std)
+        detail = (f"NLP: {_describe(a, sa)} vs {_describe(b, sb)}; {_margin_text(margin, spread)}; doubling the heads "
+                  f"({doubled_from} {num(sc.mean)} -> {b}) gains {num(gain)} (2×spread {num(2 * gain_spread)})")
+        short = _few_seeds({a: sa, b: sb, doubled_from: sc})
+        if short:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {short}")
+        if margin < 0 and -margin > 2 * spread:
+            return Outcome(NOT_REPRODUCED, margin, spread, detail)
+        if _compare(gain, gain_spread) != REPRODUCED:
+            return Outcome(INCONCLUSIVE, margin, spread,
+                           f"{detail}; doubling the heads does not pay beyond the seed noise here, so matching {b} "
+                           "shows nothing")
+        return Outcome(REPRODUCED, margin, spread, detail)
+
+    return Claim(claim_id, text, (a, b, doubled_from), check)
+
+
+def _pair_ratios(ev: Evidence, sel: str, std: str) -> pd.DataFrame:
+    if ev.pruning is None or ev.pruning.empty:
+        return memory_ratios(pd.DataFrame(columns=["row", "seed", "context", "budget", "nlp"]))
+    r = memory_ratios(ev.pruning)
+    return r[(r["selective"] == sel) & (r["standard"] == std)].sort_values("context")
+
+
+def _ratio_text(r) -> str:
+    seeds = ", ".join("not reached" if math.isnan(x) else f"{x:.1f}x" for x in r.seed_ratios)
+    mean = "not reached" if math.isnan(r.ratio) else f"{r.ratio:.1f}x (budget {r.budget:.0f} of {r.context})"
+    return f"context {r.context}: {r.selective} reaches {r.standard}'s unpruned NLP {num(r.target)} at {mean}; " \
+           f"per seed {seeds}"
+
+
+def memory_smaller(sel: str, std: str, which: str, claim_id: str, text: str) -> Claim:
+    """With context pruning, every seed of `sel` reaches the unpruned NLP of `std` (seed mean) with at most
+    1 / MIN_MEMORY_RATIO of the context's keys, at the `which` ("shortest" or "longest") context measured."""
+
+    def check(ev: Evidence) -> Outcome:
+        ratios = _pair_ratios(ev, sel, std)
+        if ratios.empty:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no context-pruning results for these rows")
+        r = next((ratios.iloc[[0]] if which == "shortest" else ratios.iloc[[-1]]).itertuples())
+        seeds = [0.0 if math.isnan(x) else x for x in r.seed_ratios]
+        spread = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan
+        detail = _ratio_text(r) + f"; goal: every seed >= {MIN_MEMORY_RATIO:g}x"
+        if min(r.n_selective, r.n_standard) < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, r.ratio, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} per row)")
+        status = (REPRODUCED if min(seeds) >= MIN_MEMORY_RATIO else NOT_REPRODUCED if max(seeds) < MIN_MEMORY_RATIO
+                  else INCONCLUSIVE)
+        return Outcome(status, r.ratio, spread, detail)
+
+    return Claim(claim_id, text, (sel, std), check)
+
+
+def memory_ratio_grows(sel: str, std: str, claim_id: str, text: str) -> Claim:
+    """The memory ratio grows with the context (the paper: 16x, 25x, 47x): reproduced iff the seed-mean ratio
+    rises from each context to the next and every seed's ratio at the longest context exceeds every seed's at
+    the shortest; not reproduced iff the seed-mean ratio at the longest is at most that at the shortest."""
+
+    def check(ev: Evidence) -> Outcome:
+        ratios = _pair_ratios(ev, sel, std)
+        if len(ratios) < 2:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, "needs context-pruning results at 2 or more contexts")
+        mean = [0.0 if math.isnan(x) else x for x in ratios["ratio"]]
+        first = [0.0 if math.isnan(x) else x for x in ratios["seed_ratios"].iloc[0]]
+        last = [0.0 if math.isnan(x) else x for x in ratios["seed_ratios"].iloc[-1]]
+        detail = "; ".join(_ratio_text(r) for r in ratios.itertuples())
+        margin = mean[-1] - mean[0]
+        if min(ratios["n_selective"].min(), ratios["n_standard"].min()) < MIN_SEEDS:
+            return Outcome(INCONCLUSIVE, margin, math.nan, f"{detail}; more seeds needed (>= {MIN_SEEDS} per row)")
+        if margin <= 0:
+            return Outcome(NOT_REPRODUCED, margin, math.nan, detail)
+        rising = all(b > a for a, b in zip(mean, mean[1:], strict=False))
+        return Outcome(REPRODUCED if rising and min(last) > max(first) else INCONCLUSIVE, margin, math.nan, detail)
+
+    return Claim(claim_id, text, (sel, std), check)
+
+
+def _selective_attention_claims() -> list[Claim]:
+    return [
+        beats("Standard H2", "Standard H1", claim_id="sa-control-more-heads", control=True,
+              text="Positive control: standard attention with 2 heads beats 1 head"),
+        at_least("Selective H1", "Standard H2", "Standard H1", claim_id="sa-selective-h1-matches-standard-h2",
+                 text="Selective attention with 1 head is at least as good as standard attention with 2"),
+        at_least("Selective H2", "Standard H4", "Standard H2", claim_id="sa-selective-h2-matches-standard-h4",
+                 text="Selective attention with 2 heads is at least as good as standard attention with 4"),
+        at_least("Switch Selective H1", "Switch Standard H2", "Switch Standard H1",
+                 claim_id="sa-switch-selective-h1-matches-standard-h2",
+                 text="With Switch FFNs: selective attention with 1 head is at least as good as standard with 2"),
+        memory_smaller("Selective H2", "Standard H2", "shortest", claim_id="sa-memory-shortest-context",
+                       text=f"Pruned selective attention needs >= {MIN_MEMORY_RATIO:g}x less attention memory for "
+                            "standard attention's quality (shortest context)"),
+        memory_smaller("Selective H2", "Standard H2", "longest", claim_id="sa-memory-longest-context",
+                       text=f"Pruned selective attention needs >= {MIN_MEMORY_RATIO:g}x less attention memory for "
+                            "standard attention's quality (longest context)"),
+        memory_ratio_grows("Selective H2", "Standard H2", claim_id="sa-memory-ratio-grows-with-context",
+                           text="The memory saving grows with the context length"),
+        memory_smaller("Switch Selective H1", "Switch Standard H1", "longest",
+                       claim_id="sa-switch-memory-longest-context",
+                       text=f"With Switch FFNs: pruned selective attention needs >= {MIN_MEMORY_RATIO:g}x less "
+                            "attention memory (longest context)"),
+    ]
+
+
 def larger_dense_control(table: str) -> Claim:
     return beats("T5-Large", "T5-Base", claim_id=f"{'t1' if table == 'table1' else table}-control-larger-dense",
                  text="Positive control: the larger dense T5-Large beats T5-Base", control=True)
@@ -921,6 +1076,7 @@ TABLE_CLAIMS: dict[str, list[Claim]] = {
     "table7": _table7_claims(),
     "table8": _table8_claims(),
     "multilingual": _multilingual_claims(),
+    "selective_attention": _selective_attention_claims(),
 }
 
 
@@ -963,12 +1119,13 @@ def control_rows(table: str) -> list[str]:
 
 def evaluate_claims(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame] = None,
                     threshold: Optional[float] = None, claims: Optional[Sequence[Claim]] = None,
-                    languages: Optional[pd.DataFrame] = None) -> list[Verdict]:
+                    languages: Optional[pd.DataFrame] = None, pruning: Optional[pd.DataFrame] = None) -> list[Verdict]:
     """A verdict for each claim of `table` (TABLE_CLAIMS, or `claims`), from that table's runs (and, for the
-    multilingual table, its per-language evaluations)."""
+    multilingual table, its per-language evaluations; for selective attention, its context pruning)."""
     summary = table_summary(table, results, curves, threshold)
     threshold = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else None
-    evidence = Evidence(summary, _for_table(curves, table), threshold, _for_table(languages, table))
+    evidence = Evidence(summary, _for_table(curves, table), threshold, _for_table(languages, table),
+                        _for_table(pruning, table))
     claims = claims if claims is not None else TABLE_CLAIMS[table]
     return apply_controls(claims, apply_teachers(claims, [claim.evaluate(evidence) for claim in claims]))
 

@@ -13,7 +13,7 @@ from typing import Optional
 import pandas as pd
 
 TABLES = ("table1", "table2", "table3", "table11", "scaling", "table4", "table5", "table6", "table7", "table8",
-          "multilingual")
+          "multilingual", "selective_attention")
 
 TITLES = {
     "table1": "Table 1: Switch versus MoE across capacity factors",
@@ -27,6 +27,7 @@ TITLES = {
     "table7": "Table 7: distillation compression with more experts in the teacher",
     "table8": "Table 8: distilling a fine-tuned Switch model",
     "multilingual": "Figures 7 and 8: multilingual pre-training, mSwitch versus mT5 per language",
+    "selective_attention": "Selective attention (Leviathan et al. 2024): heads, context pruning, Switch FFNs",
 }
 
 # The published time-to-quality threshold of Table 1 (NLP, nats).

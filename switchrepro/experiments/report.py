@@ -289,7 +289,7 @@ def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.D
     facts.append(("CPU and threads", "; ".join(map(str, hosts)) if hosts else
                   "not recorded (runs made before switchrepro recorded the host)"))
     known = {"command", "wall_seconds", "scale", "seeds", "steps", "tokens_per_step", "epochs", "threshold", "notes",
-             "explanations", "languages"}
+             "explanations", "languages", "pruning"}
     facts += [(k, v) for k, v in meta.items() if k not in known]
     return [f"- {k}: {v}" for k, v in facts]
 
@@ -318,8 +318,8 @@ def _image_links(plots: Sequence[Path], base: Path) -> list[str]:
 def _why(v: C.Verdict) -> str:
     """A one-line reason for a verdict that is not "reproduced"."""
     if v.status == C.REGIME_INVALID:
-        return ("the table's positive control (a larger dense model beats the base one) did not reproduce, so "
-                "this regime cannot show what extra parameters buy")
+        return ("the table's positive control (the change that must win here: see its verdict) did not reproduce, "
+                "so this regime cannot show what the compared change buys")
     if v.detail.startswith("rows missing"):
         return "the rows it needs were not run"
     if "more seeds needed" in v.detail:
@@ -426,6 +426,36 @@ def language_summary_markdown(languages: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pruning_markdown(pruning: pd.DataFrame) -> str:
+    """Selective attention's context pruning: for each context length, the held-out NLP (seed mean) of each
+    row at each attention-memory budget (keys per layer; the context itself is no pruning), then the memory
+    ratio of each selective row against the unpruned standard row of the same heads and FFN."""
+    mean = pruning.groupby(["context", "row", "budget"], sort=False)["nlp"].mean()
+    lines = []
+    for context, per_context in pruning.groupby("context"):
+        budgets = sorted(per_context["budget"].unique())
+        lines += [f"Context {context} (budget = keys kept per layer; {context} is no pruning):", "",
+                  "| row | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+        for row in dict.fromkeys(per_context["row"]):
+            cells = [f"{mean[(context, row, b)]:.4f}" if (context, row, b) in mean.index else DASH for b in budgets]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    ratios = C.memory_ratios(pruning)
+    if len(ratios):
+        lines += ["Attention memory needed to reach the unpruned standard model's NLP (memory ratio = context / "
+                  "budget needed, from seed means, then each selective seed against the standard seed mean; "
+                  "the paper: 16x, 25x and 47x at contexts 512, 1,024 and 2,048):", "",
+                  "| selective row | standard row | context | budget needed | memory ratio | per seed |",
+                  "|---|---|---|---|---|---|"]
+        for r in ratios.itertuples():
+            needed = DASH if np.isnan(r.budget) else f"{r.budget:.0f}"
+            ratio = "not reached" if np.isnan(r.ratio) else f"{r.ratio:.1f}x"
+            seeds = ", ".join("-" if np.isnan(x) else f"{x:.1f}x" for x in r.seed_ratios)
+            lines.append(f"| {r.selective} | {r.standard} | {r.context} | {needed} | {ratio} | {seeds} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
                  preface: Optional[str] = None, calibration: Sequence[Calibration] = ()) -> Path:
     """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
@@ -467,6 +497,8 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
         lines += [table_markdown(name, summary, paper_df, curves)]
         if t.meta.get("languages"):
             lines += ["### Per language", "", str(t.meta["languages"]), ""]
+        if t.meta.get("pruning"):
+            lines += ["### Context pruning", "", str(t.meta["pruning"]), ""]
         lines += ["### Verdicts", "", _verdict_table(t.verdicts)]
         lines += _control_by_step(name, curves)
         images = _image_links(t.plots, out_path.parent)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from switchrepro.config import DamagedFileError, ExperimentConfig
-from switchrepro.experiments.spec import Row, TableSpec
+from switchrepro.experiments.spec import PruningSpec, Row, TableSpec
 from switchrepro.train.finetune import peak_score
 from switchrepro.train.host import layout as host_layout
 from switchrepro.train.metrics_log import read_metrics
@@ -401,11 +401,60 @@ def collect_languages(spec: TableSpec, runs: Sequence[PlannedRun]) -> pd.DataFra
     return pd.DataFrame(records, columns=["table", "row", "seed", "step", "lang", "nlp"])
 
 
+def ensure_pruning(run: PlannedRun, pruning: PruningSpec, echo: Callable[[str], None] = print) -> bool:
+    """Measures a finished run's context pruning (train/pruning_eval.py) unless its pruning.json already
+    answers `pruning`; True if it has an up-to-date record afterwards. A diverged or unfinished run, or one
+    without a checkpoint (its logs copied from a twin without the record), has none."""
+    from switchrepro.train import pruning_eval
+
+    saved = run.run_dir / pruning_eval.PRUNING_FILE
+    if saved.exists():
+        try:
+            record = json.loads(saved.read_text())
+        except ValueError:
+            record = {}  # damaged: measure again
+        if pruning_eval.up_to_date(record, pruning.budgets, pruning.contexts, pruning.examples):
+            return True
+    if run_status(run) != "done" or not has_checkpoint(run):
+        return False
+    t0 = time.time()
+    pruning_eval.measure(run.config, run.run_dir, pruning.budgets, pruning.contexts, pruning.examples,
+                         echo=lambda m: None)
+    echo(f"{run.row.name} seed {run.seed}: context pruning measured in {time.time() - t0:.0f} s")
+    return True
+
+
+PRUNING_COLUMNS = ["table", "row", "seed", "context", "budget", "nlp"]
+
+
+def collect_pruning(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> pd.DataFrame:
+    """Held-out quality under context pruning of the finished runs that have an up-to-date pruning.json:
+    one row per (run, context, budget) for the budgets below each context and the context itself (no
+    pruning), with columns PRUNING_COLUMNS. Empty for a table without `pruning` at this scale."""
+    from switchrepro.train import pruning_eval
+
+    p = (spec.pruning or {}).get(scale)
+    records = []
+    for run in runs if p is not None else ():
+        saved = run.run_dir / pruning_eval.PRUNING_FILE
+        if run_status(run) != "done" or not saved.exists():
+            continue
+        record = json.loads(saved.read_text())
+        if not pruning_eval.up_to_date(record, p.budgets, p.contexts, p.examples):
+            continue
+        for context in p.contexts:
+            for budget in [b for b in p.budgets if b < context] + [context]:
+                records.append({"table": spec.name, "row": run.row.name, "seed": run.seed, "context": context,
+                                "budget": budget, "nlp": pruning_eval.quality(record, budget, context)})
+    return pd.DataFrame(records, columns=PRUNING_COLUMNS)
+
+
 def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.DataFrame, curves: pd.DataFrame,
-         loads: dict, results_dir: Path, meta: dict, languages: Optional[pd.DataFrame] = None) -> Path:
-    """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json, and _languages.csv.gz when
-    `languages` has rows) and copies each run's small logs (metrics.jsonl, config.gin) under
-    results/<scale>/logs/<table>/ so they can be committed.
+         loads: dict, results_dir: Path, meta: dict, languages: Optional[pd.DataFrame] = None,
+         pruning: Optional[pd.DataFrame] = None) -> Path:
+    """Writes results/<scale>/<table>.csv (+ _curves.csv, _loads.json, _meta.json, _languages.csv.gz when
+    `languages` has rows, _pruning.csv when `pruning` has rows) and copies each run's small logs
+    (metrics.jsonl, config.gin, pruning.json) under results/<scale>/logs/<table>/ so they can be committed.
 
     Each file is written whole and then renamed into place, under the table's results lock, so a reader
     or a second process never sees half a table."""
@@ -421,6 +470,8 @@ def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.Da
             # mtime=0: the same frame gives the same bytes (a committed file changes only when its numbers do)
             languages.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
             os.replace(tmp, out / f"{spec.name}_languages.csv.gz")
+        if pruning is not None and len(pruning):
+            _write_atomic(out / f"{spec.name}_pruning.csv", pruning.to_csv(index=False))
         _copy_logs(spec, runs, out)
     return out / f"{spec.name}.csv"
 
@@ -492,7 +543,7 @@ def _copy_logs(spec: TableSpec, runs: Sequence[PlannedRun], out: Path) -> None:
         if run_status(run) in ("done", "diverged"):
             dst = out / "logs" / spec.name / run.run_dir.name
             dst.mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.jsonl", "config.gin"):
+            for name in ("metrics.jsonl", "config.gin", "pruning.json"):
                 if (run.run_dir / name).exists():
                     shutil.copy2(run.run_dir / name, dst / name)
 
@@ -536,12 +587,14 @@ def dry_run_table(runs: Sequence[PlannedRun], log_roots: Sequence[Path] = ()) ->
     lines = []
     for run in runs:
         c, d, t = run.config.model, run.config.data, run.config.train
+        lm = c.architecture == "decoder_only"  # its tokens are the targets
         shapes = jax.eval_shape(lambda c=c, d=d: build_model(c).init(
             {"params": jax.random.PRNGKey(0)}, dummy_batch(2, d.inputs_length, d.targets_length), deterministic=True))
         params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
         flops = flops_per_token(c, d.inputs_length, d.targets_length)["flops_per_example"]
         lines.append({"row": run.row.name, "seed": run.seed, "params": params, "MFLOPs/example": flops / 1e6,
-                      "steps": t.steps, "batch": d.batch_size, "tokens/step": d.batch_size * d.inputs_length,
+                      "steps": t.steps, "batch": d.batch_size,
+                      "tokens/step": d.batch_size * (d.targets_length if lm else d.inputs_length),
                       "est. CPU minutes": measured.get(run.run_dir.name, np.nan),
                       "estimate": "measured" if run.run_dir.name in measured else "FLOPs",
                       "status": run_status(run), "run_dir": str(run.run_dir)})
@@ -569,6 +622,21 @@ def load_languages(results_dir: Path, scale: str, table: str) -> Optional[pd.Dat
         raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
                            f"`switchrepro run {table} --collect-only` to rewrite it from the runs") from None
     frame["lang"] = frame["lang"].astype(str)
+    return frame
+
+
+def load_pruning(results_dir: Path, scale: str, table: str) -> Optional[pd.DataFrame]:
+    """The context-pruning frame `save` wrote for `table` (see collect_pruning), or None if it has none."""
+    path = Path(results_dir) / scale / f"{table}_pruning.csv"
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_csv(path)
+        if not set(PRUNING_COLUMNS) <= set(frame.columns):
+            raise ValueError("missing columns")
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
+                           f"`switchrepro run {table} --collect-only` to rewrite it from the runs") from None
     return frame
 
 

@@ -49,6 +49,33 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruningSpec:
+    """Context pruning at inference (selective attention's table): each finished run's held-out LM rows are
+    scored with a key/value cache of each budget (model/pruning.py), and the quality is read at each context
+    length (the first `context` positions of every row).
+
+    Attributes:
+      budgets: cached positions per layer, each >= 2, increasing; a budget >= a context is no pruning there.
+      contexts: context lengths, increasing; the largest must not exceed the rows' length (targets_length).
+      examples: held-out rows scored (the first ones of the validation cache).
+    """
+
+    budgets: Tuple[int, ...]
+    contexts: Tuple[int, ...]
+    examples: int
+
+    def validate(self, where: str) -> "PruningSpec":
+        for name in ("budgets", "contexts"):
+            values = getattr(self, name)
+            _check_spec(len(values) > 0 and list(values) == sorted(set(values)),
+                        f"{where}: pruning {name} must be a non-empty increasing list, got {list(values)}")
+        _check_spec(self.budgets[0] >= 2, f"{where}: pruning budgets must be >= 2 (the segment start and the newest "
+                    f"key), got {self.budgets[0]}")
+        _check_spec(self.examples >= 1, f"{where}: pruning examples must be >= 1, got {self.examples}")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
 class TableSpec:
     """A paper experiment: rows x seeds at one of three scales.
 
@@ -66,6 +93,7 @@ class TableSpec:
         (e.g. "finetune": steps, learning rate, dropout and evaluation cadence of fine-tuning).
       tasks: per scale, task key -> seqio task name, or a list of bindings naming the task and its feature
         lengths (e.g. {"mini": {"sentiment": "switchrepro_byte_sentiment"}}).
+      pruning: per scale, the context-pruning evaluation of every finished run (selective attention's table).
     """
 
     name: str
@@ -78,6 +106,7 @@ class TableSpec:
     skip_rows: Optional[Dict[str, Tuple[str, ...]]] = None
     schedules: Optional[Dict[str, Dict[str, Tuple[str, ...]]]] = None
     tasks: Optional[Dict[str, Dict[str, object]]] = None
+    pruning: Optional[Dict[str, PruningSpec]] = None
 
     def default_rows(self, scale: str) -> Tuple[Row, ...]:
         """The rows a plain `run` trains at `scale`: all rows but that scale's skip_rows (and the rows that
@@ -146,6 +175,11 @@ class TableSpec:
         for name, per_scale in (self.schedules or {}).items():
             _check_spec(set(per_scale) == set(SCALES), f"table {self.name}: schedule {name!r} must give bindings "
                         f"for every scale {SCALES}")
+        if self.pruning is not None:
+            _check_spec(set(self.pruning) == set(SCALES), f"table {self.name}: pruning must be given for every scale "
+                        f"{SCALES}")
+            for scale, p in self.pruning.items():
+                p.validate(f"table {self.name}, scale {scale}")
         for scale, skipped in (self.skip_rows or {}).items():
             unknown = sorted(set(skipped) - set(names))
             if scale not in SCALES or unknown:
@@ -169,7 +203,7 @@ def _row(r: dict) -> Row:
 
 
 def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, threshold=None,
-                    skip_rows=None, schedules=None, tasks=None) -> TableSpec:
+                    skip_rows=None, schedules=None, tasks=None, pruning=None) -> TableSpec:
     """Builds a TableSpec from the lists and dicts that gin parses (rows as dicts)."""
     return TableSpec(
         name=name, title=title,
@@ -182,4 +216,15 @@ def from_gin_values(name: str, title: str, rows, models, scale_bindings, seeds, 
         schedules=None if schedules is None else {n: {s: tuple(b) for s, b in v.items()} for n, v in schedules.items()},
         tasks=None if tasks is None else {s: {k: t if isinstance(t, str) else tuple(t) for k, t in v.items()}
                                           for s, v in tasks.items()},
+        pruning=None if pruning is None else {s: _pruning(s, p) for s, p in pruning.items()},
     ).validate()
+
+
+PRUNING_KEYS = ("budgets", "contexts", "examples")
+
+
+def _pruning(scale: str, p: dict) -> PruningSpec:
+    _check_spec(isinstance(p, dict) and set(p) == set(PRUNING_KEYS),
+                f"pruning[{scale!r}] must be a dict with exactly the keys {', '.join(PRUNING_KEYS)}, got {p!r}")
+    return PruningSpec(budgets=tuple(int(b) for b in p["budgets"]), contexts=tuple(int(c) for c in p["contexts"]),
+                       examples=int(p["examples"]))

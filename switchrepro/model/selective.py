@@ -41,5 +41,21 @@ def selection_penalty(head_logits: Array, mask: Array, starts: Array) -> Array:
     q_len, k_len = head_logits.shape[-2:]
     not_self = ~jnp.eye(q_len, k_len, dtype=bool)
     s = jnp.where(mask & not_self & ~starts[:, None, :], jax.nn.relu(head_logits), 0.0)
-    s = jnp.pad(s[:, :-1], ((0, 0), (1, 0), (0, 0)))  # shift down one query; row 0 is zero
-    return jnp.cumsum(s, axis=1)
+    return exclusive_cumsum(s)
+
+
+BLOCK = 16  # queries per block of exclusive_cumsum
+
+
+def exclusive_cumsum(s: Array) -> Array:
+    """F[:, i] = sum_{k < i} s[:, k] over axis 1 of <float32>[batch, q, k]: the shift-then-cumsum of the
+    module docstring in one go. Blocked as two small matmuls (within blocks of BLOCK queries, then across
+    blocks), which on a CPU takes about half the time of jnp.cumsum's scan, forward and backward."""
+    batch, q_len, k_len = s.shape
+    pad = -q_len % BLOCK
+    x = jnp.pad(s, ((0, 0), (0, pad), (0, 0))) if pad else s
+    blocks = x.reshape(batch, -1, BLOCK, k_len)
+    n = blocks.shape[1]
+    within = jnp.einsum("ij,bnjk->bnik", jnp.tril(jnp.ones((BLOCK, BLOCK), s.dtype), -1), blocks)
+    before = jnp.einsum("mn,bnk->bmk", jnp.tril(jnp.ones((n, n), s.dtype), -1), blocks.sum(axis=2))
+    return (within + before[:, :, None, :]).reshape(batch, -1, k_len)[:, :q_len]

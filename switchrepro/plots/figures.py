@@ -344,9 +344,75 @@ def speedup_histogram(speedups: pd.DataFrame, out_dir: Path, *, fast: float = 4.
 # ---------------------------------------------------------------------------------------- dispatcher
 
 
+_HEADS_ROW = re.compile(r"^(?P<family>.*?)\s*H(?P<heads>\d+)$")  # "Switch Selective H1" -> ("Switch Selective", 1)
+
+
+def quality_vs_heads(summary: pd.DataFrame, out_dir: Path, *, prefix: str = "selective_attention",
+                     scale: Optional[str] = None) -> list[Path]:
+    """Final NLP (seed mean, std bars) against the number of attention heads, one line per attention kind
+    (rows named "<kind> H<heads>")."""
+    points = []
+    for row in summary.index:
+        m = _HEADS_ROW.match(str(row))
+        if m:
+            points.append((m["family"], int(m["heads"]), summary.at[row, "nlp_mean"], summary.at[row, "nlp_std"]))
+    if not points:
+        return []
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot()
+    frame = pd.DataFrame(points, columns=["family", "heads", "nlp", "std"])
+    for family, part in frame.groupby("family", sort=False):
+        part = part.sort_values("heads")
+        ax.errorbar(part["heads"], part["nlp"], yerr=part["std"].fillna(0), marker="o", capsize=4, label=family,
+                    linestyle="--" if "Selective" in family else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(frame["heads"].unique()), [str(h) for h in sorted(frame["heads"].unique())])
+    ax.set_xlabel("attention heads (each of the same width)")
+    ax.set_ylabel("final held-out NLP (nats, higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _title(ax, "quality vs heads", prefix, _scale(summary, scale))
+    return _save(fig, out_dir, f"{prefix}_quality_vs_heads")
+
+
+def quality_vs_budget(pruning: pd.DataFrame, out_dir: Path, *, prefix: str = "selective_attention",
+                      scale: Optional[str] = None) -> list[Path]:
+    """Held-out NLP (seed mean) against the attention-memory budget (keys kept per layer), one panel per
+    context length, one line per row; the dotted lines are the standard rows without pruning."""
+    contexts = sorted(pruning["context"].unique())
+    if not contexts:
+        return []
+    fig = Figure(figsize=(5 * len(contexts), 4.4))
+    mean = pruning.groupby(["context", "row", "budget"], sort=False)["nlp"].mean().reset_index()
+    rows = list(dict.fromkeys(pruning["row"]))
+    colors = {row: f"C{i % 10}" for i, row in enumerate(rows)}
+    for i, context in enumerate(contexts):
+        ax = fig.add_subplot(1, len(contexts), i + 1)
+        part = mean[mean["context"] == context]
+        for row in rows:
+            line = part[part["row"] == row].sort_values("budget")
+            if line.empty:
+                continue
+            selective = "Selective" in row
+            ax.plot(line["budget"], line["nlp"], marker="o" if selective else ".", color=colors[row],
+                    linestyle="-" if selective else "--", label=row)
+            if not selective:
+                ax.axhline(line["nlp"].iloc[-1], color=colors[row], linestyle=":", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        budgets = sorted(part["budget"].unique())
+        ax.set_xticks(budgets, [str(b) for b in budgets], fontsize=7)
+        ax.set_xlabel(f"attention memory: keys kept per layer (context {context})")
+        ax.set_ylabel("held-out NLP (nats, higher is better)")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    _title(fig, "quality vs attention-memory budget (context pruning)", prefix, scale)
+    return _save(fig, out_dir, f"{prefix}_quality_vs_budget")
+
+
 def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame], loads: Optional[Loads],
                out_dir: Path, *, threshold: Optional[float] = None,
-               languages: Optional[pd.DataFrame] = None) -> list[Path]:
+               languages: Optional[pd.DataFrame] = None, pruning: Optional[pd.DataFrame] = None) -> list[Path]:
     """Every figure of `table`:
     - scaling: Figures 4 left and right, 5 and 6;
     - table1: the speed-quality plane, quality vs step and the expert-load heatmaps;
@@ -354,6 +420,8 @@ def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame]
     - table7: the share of the teacher's gain kept against the compression, beside the paper's;
     - multilingual (with its per-language frame): Figures 7 (sorted gains) and 8 (speedup histogram), on the
       mC4 languages and on all;
+    - selective_attention: quality vs heads, and (with its pruning frame) quality vs attention-memory budget
+      per context;
     - the other tables: quality vs step and a bar chart of final NLP.
     """
     summary = table_summary(table, results, curves, threshold)
@@ -390,6 +458,11 @@ def plot_table(table: str, results: pd.DataFrame, curves: Optional[pd.DataFrame]
                                     name=f"language_gains_{subset}", **kw)
             paths += speedup_histogram(ML.language_speedups(part, C.ML_DENSE, C.ML_SWITCH), out_dir, fast=ML.FAST,
                                        name=f"speedup_histogram_{subset}", **kw)
+    if table == "selective_attention":
+        paths += quality_vs_heads(summary, out_dir, **kw)
+        if pruning is not None and "table" in pruning:
+            pruning = pruning[pruning["table"] == table]
+        paths += quality_vs_budget(pruning, out_dir, **kw) if pruning is not None and len(pruning) else []
     if table == "table7":
         from switchrepro.experiments.paper import load_paper_table
 
