@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint bench smoke reproduce table1 table2 table3 table11 scaling table4 table5 table6 table7 table8 clean
+.PHONY: install test lint bench smoke reproduce table1 table2 table3 table11 scaling table4 table5 table6 table7 table8 multilingual selective_attention clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,7 @@ lint:
 bench:
 	$(BIN)/switchrepro bench moe
 
-TABLES := table1 table2 table3 table11 scaling table6 table7 table4 table5 table8
+TABLES := table1 table2 table3 table11 scaling table6 table7 table4 table5 table8 multilingual selective_attention
 
 # Every table at smoke scale (seconds per row): the whole run -> collect -> plot -> report path.
 smoke:

@@ -626,9 +626,9 @@ def inspect_cmd(run_dir: Path, examples: int, steps: Optional[str]):
 @_parallel_options
 def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_dir, results_dir, runs_dir, workers,
         mesh_text, distributed, coordinator, num_processes, process_id):
-    """Reproduce a paper TABLE (table1 to table8, table11, scaling): train its rows x seeds, collect
-    the metrics, print them beside the paper's and judge each claim. Stopping and rerunning is safe:
-    finished runs are reused, interrupted ones resume."""
+    """Reproduce a paper TABLE (table1 to table8, table11, scaling, multilingual, selective_attention): train
+    its rows x seeds, collect the metrics, print them beside the paper's and judge each claim. Stopping and
+    rerunning is safe: finished runs are reused, interrupted ones resume."""
     import time as _time
 
     from switchrepro.experiments import runner
