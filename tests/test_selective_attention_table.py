@@ -167,7 +167,7 @@ def test_selective_attention_smoke_run_plot_and_report(tmp_path, cache_root):
     record = json.loads(next((results / "smoke" / "logs" / "selective_attention").glob("Selective*/pruning.json"))
                         .read_text())
     assert record["length"] == 32 and sorted(record["nll"], key=int) == ["4", "8", "16", "32"]
-    plotted = CliRunner().invoke(main, ["plot", "selective_attention", "--scale", "smoke", "--results-dir", str(results)])
+    plotted = CliRunner().invoke(main, ["plot", "selective_attention", *args[:2], "--results-dir", str(results)])
     assert plotted.exit_code == 0, plotted.output
     assert "selective_attention_quality_vs_budget.png" in plotted.output
     assert "selective_attention_quality_vs_heads.png" in plotted.output
