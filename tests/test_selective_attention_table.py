@@ -131,6 +131,19 @@ def test_memory_claims_on_literal_curves():
     assert _judge(longest, STANDARD).status == C.INCONCLUSIVE  # no selective rows pruned
 
 
+def test_selective_memory_must_beat_the_standard_model_as_a_sliding_window():
+    claim = C.memory_beats_window("Selective H2", "Standard H2", "x", "x")
+    good = {("Selective H2", s): {16: {2: -1.9, 4: -1.9, 8: -1.9, 16: -1.9}} for s in (0, 1)}  # 8x per seed
+    assert C.memory_ratios(_pruning({**STANDARD, **good})).iloc[-1].window_ratio == 1.0  # the window needs all 16
+    assert _judge(claim, {**STANDARD, **good}).status == C.REPRODUCED
+    # a standard model that uses little context: as a window of 4 keys it already reaches its unpruned NLP
+    local = {key: {16: {2: -2.0, 4: -1.905, 8: -1.905, 16: curve[16][16]}} for key, curve in STANDARD.items()}
+    assert C.memory_ratios(_pruning({**local, **good})).iloc[-1].window_ratio == 4.0
+    assert _judge(claim, {**local, **good}).status == C.REPRODUCED  # 8x > 4x
+    same = {("Selective H2", s): {16: {2: -2.0, 4: -1.9, 8: -1.9, 16: -1.9}} for s in (0, 1)}  # 4x per seed
+    assert _judge(claim, {**local, **same}).status == C.NOT_REPRODUCED
+
+
 def _summary(rows):
     """{row: (mean, std)} with 3 seeds each -> a table_summary-like frame."""
     return pd.DataFrame({"nlp_mean": [m for m, _ in rows.values()], "nlp_std": [s for _, s in rows.values()],
