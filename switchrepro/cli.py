@@ -675,7 +675,7 @@ def run(table, scale, seeds, rows, dry_run, collect_only, bindings, tfds_data_di
             runner.reuse_finished_twin(r, results_dir / scale / "logs", results_dir / scale / "params")
     else:
         _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
-                     distributed, coordinator, num_processes, process_id, runs)
+                     distributed, coordinator, num_processes, process_id, runs, (spec.pruning or {}).get(scale))
         if workers == 1 and os.environ.get("SWITCHREPRO_WORKER"):
             return  # the parent of --workers collects the table once every worker is done
     # The saved table holds every finished run of this table (all rows and seeds, not only the ones this
@@ -720,26 +720,27 @@ def _measure_pruning(run, pruning, echo) -> None:
 
     try:
         runner.ensure_pruning(run, pruning, echo=echo)
-    except ValueError as e:
-        raise UserError(f"{run.row.name} seed {run.seed}: {e}") from None
+    except runner.PruningError as e:
+        raise UserError(str(e)) from None
 
 
 def _collect_pruning(spec, scale, runs):
-    """Context pruning of the table's finished runs (measuring the ones that lack it), or None for a table
-    without pruning."""
+    """runner.collect_pruning (None for a table without pruning), a model or data that cannot be pruned as
+    a one-line error."""
     from switchrepro.experiments import runner
 
-    pruning = (spec.pruning or {}).get(scale)
-    if pruning is None:
+    if (spec.pruning or {}).get(scale) is None:
         return None
-    for r in runs:
-        _measure_pruning(r, pruning, click.echo)
-    return runner.collect_pruning(spec, scale, runs)
+    try:
+        return runner.collect_pruning(spec, scale, runs, echo=click.echo)
+    except runner.PruningError as e:
+        raise UserError(str(e)) from None
 
 
 def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir, runs_dir, workers, mesh_text,
-                 distributed, coordinator, num_processes, process_id, runs) -> None:
-    """`run`'s training: the planned runs in this process, or in `workers` one-core child processes."""
+                 distributed, coordinator, num_processes, process_id, runs, pruning) -> None:
+    """`run`'s training: the planned runs in this process, or in `workers` one-core child processes. With
+    `pruning` (the table's PruningSpec at this scale), each trained run's context pruning is measured too."""
     from switchrepro.experiments import claims, runner
 
     mesh = None if workers > 1 else setup_parallel(mesh_text, distributed, coordinator, num_processes, process_id)
@@ -750,7 +751,6 @@ def _train_table(table, scale, seeds, rows, bindings, tfds_data_dir, results_dir
     click.echo(backend_line())
 
     params_root = results_dir / scale / "params"
-    pruning = (parse_table(table).pruning or {}).get(scale)
 
     def train_one(r):
         echo = lambda m: click.echo("  " + m)  # noqa: E731
@@ -851,22 +851,13 @@ def _load_table(table, scale, results_dir):
     return saved
 
 
-def _load_pruning(table, scale, results_dir):
-    """runner.load_pruning (None for a table without pruning results), a damaged file as UserError."""
+def _load_extra(what, table, scale, results_dir):
+    """runner.load_<what> ("languages" or "pruning": None for a table without them), a damaged file as
+    UserError."""
     from switchrepro.experiments import runner
 
     try:
-        return runner.load_pruning(results_dir, scale, table)
-    except runner.ResultsError as e:
-        raise UserError(str(e)) from None
-
-
-def _load_languages(table, scale, results_dir):
-    """runner.load_languages (None for a table without per-language results), a damaged file as UserError."""
-    from switchrepro.experiments import runner
-
-    try:
-        return runner.load_languages(results_dir, scale, table)
+        return getattr(runner, f"load_{what}")(results_dir, scale, table)
     except runner.ResultsError as e:
         raise UserError(str(e)) from None
 
@@ -886,8 +877,8 @@ def plot(what, scale, results_dir):
     table = PLOT_ALIASES.get(what, what)
     spec = parse_table(table)
     results, curves, loads, _ = _load_table(table, scale, results_dir)
-    languages = _load_languages(table, scale, results_dir)
-    pruning = _load_pruning(table, scale, results_dir)
+    languages = _load_extra("languages", table, scale, results_dir)
+    pruning = _load_extra("pruning", table, scale, results_dir)
     out_dir = results_dir / scale / "plots"
     threshold = (spec.threshold or {}).get(scale)
     if what == "speed-quality":
@@ -928,8 +919,8 @@ def report(scale, results_dir):
         results, curves, loads, meta = saved
         spec = parse_table(table)
         threshold = (spec.threshold or {}).get(scale)
-        languages = _load_languages(table, scale, results_dir)
-        pruning = _load_pruning(table, scale, results_dir)
+        languages = _load_extra("languages", table, scale, results_dir)
+        pruning = _load_extra("pruning", table, scale, results_dir)
         verdicts = claims.evaluate_claims(table, results, curves, threshold=threshold, languages=languages,
                                           pruning=pruning)
         plots = figures.plot_table(table, results, curves, loads, results_dir / scale / "plots", threshold=threshold,

@@ -950,20 +950,39 @@ def _ratio_text(r) -> str:
            f"per seed {seeds}; {r.standard} itself as a sliding window: {r.window_ratio:.1f}x"
 
 
+def _unreached_as_zero(ratios) -> list[float]:
+    """Memory ratios with "not reached" (NaN) as 0: needing more than the whole context."""
+    return [0.0 if math.isnan(x) else float(x) for x in ratios]
+
+
+NO_PRUNING_RESULTS = "no context-pruning results for these rows"
+
+
+def _ratio_at(ev: Evidence, sel: str, std: str, which: str):
+    """(the pair's memory_ratios row at the "shortest" or "longest" context, its per-seed ratios with not
+    reached as 0, their std, "" or why there are too few seeds); None without pruning results."""
+    ratios = _pair_ratios(ev, sel, std)
+    if ratios.empty:
+        return None
+    r = next((ratios.iloc[[0]] if which == "shortest" else ratios.iloc[[-1]]).itertuples())
+    seeds = _unreached_as_zero(r.seed_ratios)
+    spread = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan
+    few = f"more seeds needed (>= {MIN_SEEDS} per row)" if min(r.n_selective, r.n_standard) < MIN_SEEDS else ""
+    return r, seeds, spread, few
+
+
 def memory_smaller(sel: str, std: str, which: str, claim_id: str, text: str) -> Claim:
     """With context pruning, every seed of `sel` reaches the unpruned NLP of `std` (seed mean) with at most
     1 / MIN_MEMORY_RATIO of the context's keys, at the `which` ("shortest" or "longest") context measured."""
 
     def check(ev: Evidence) -> Outcome:
-        ratios = _pair_ratios(ev, sel, std)
-        if ratios.empty:
-            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no context-pruning results for these rows")
-        r = next((ratios.iloc[[0]] if which == "shortest" else ratios.iloc[[-1]]).itertuples())
-        seeds = [0.0 if math.isnan(x) else x for x in r.seed_ratios]
-        spread = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan
+        found = _ratio_at(ev, sel, std, which)
+        if found is None:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, NO_PRUNING_RESULTS)
+        r, seeds, spread, few = found
         detail = _ratio_text(r) + f"; goal: every seed >= {MIN_MEMORY_RATIO:g}x"
-        if min(r.n_selective, r.n_standard) < MIN_SEEDS:
-            return Outcome(INCONCLUSIVE, r.ratio, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} per row)")
+        if few:
+            return Outcome(INCONCLUSIVE, r.ratio, spread, f"{detail}; {few}")
         status = (REPRODUCED if min(seeds) >= MIN_MEMORY_RATIO else NOT_REPRODUCED if max(seeds) < MIN_MEMORY_RATIO
                   else INCONCLUSIVE)
         return Outcome(status, r.ratio, spread, detail)
@@ -977,17 +996,15 @@ def memory_beats_window(sel: str, std: str, claim_id: str, text: str) -> Claim:
     a model that uses little context. Not reproduced iff no seed does better than the window."""
 
     def check(ev: Evidence) -> Outcome:
-        ratios = _pair_ratios(ev, sel, std)
-        if ratios.empty:
-            return Outcome(INCONCLUSIVE, math.nan, math.nan, "no context-pruning results for these rows")
-        r = next(ratios.iloc[[-1]].itertuples())
-        seeds = [0.0 if math.isnan(x) else x for x in r.seed_ratios]
-        window = 0.0 if math.isnan(r.window_ratio) else r.window_ratio
-        margin = (0.0 if math.isnan(r.ratio) else r.ratio) - window
-        spread = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else math.nan
+        found = _ratio_at(ev, sel, std, "longest")
+        if found is None:
+            return Outcome(INCONCLUSIVE, math.nan, math.nan, NO_PRUNING_RESULTS)
+        r, seeds, spread, few = found
+        ratio, window = _unreached_as_zero([r.ratio, r.window_ratio])
+        margin = ratio - window
         detail = _ratio_text(r)
-        if min(r.n_selective, r.n_standard) < MIN_SEEDS:
-            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; more seeds needed (>= {MIN_SEEDS} per row)")
+        if few:
+            return Outcome(INCONCLUSIVE, margin, spread, f"{detail}; {few}")
         status = (REPRODUCED if min(seeds) > window else NOT_REPRODUCED if max(seeds) <= window else INCONCLUSIVE)
         return Outcome(status, margin, spread, detail)
 
@@ -1003,9 +1020,8 @@ def memory_ratio_grows(sel: str, std: str, claim_id: str, text: str) -> Claim:
         ratios = _pair_ratios(ev, sel, std)
         if len(ratios) < 2:
             return Outcome(INCONCLUSIVE, math.nan, math.nan, "needs context-pruning results at 2 or more contexts")
-        mean = [0.0 if math.isnan(x) else x for x in ratios["ratio"]]
-        first = [0.0 if math.isnan(x) else x for x in ratios["seed_ratios"].iloc[0]]
-        last = [0.0 if math.isnan(x) else x for x in ratios["seed_ratios"].iloc[-1]]
+        mean = _unreached_as_zero(ratios["ratio"])
+        first, last = (_unreached_as_zero(ratios["seed_ratios"].iloc[i]) for i in (0, -1))
         detail = "; ".join(_ratio_text(r) for r in ratios.itertuples())
         margin = mean[-1] - mean[0]
         if min(ratios["n_selective"].min(), ratios["n_standard"].min()) < MIN_SEEDS:

@@ -401,12 +401,19 @@ def collect_languages(spec: TableSpec, runs: Sequence[PlannedRun]) -> pd.DataFra
     return pd.DataFrame(records, columns=["table", "row", "seed", "step", "lang", "nlp"])
 
 
-def ensure_pruning(run: PlannedRun, pruning: PruningSpec, echo: Callable[[str], None] = print) -> bool:
-    """Measures a finished run's context pruning (train/pruning_eval.py) unless its pruning.json already
-    answers `pruning`; True if it has an up-to-date record afterwards. A diverged or unfinished run, or one
-    without a checkpoint (its logs copied from a twin without the record), has none."""
+class PruningError(ValueError):
+    """A run's model or data cannot be pruned as its table asks; the message is one line naming the run."""
+
+
+def ensure_pruning(run: PlannedRun, pruning: PruningSpec, echo: Callable[[str], None] = print) -> Optional[dict]:
+    """A finished run's context-pruning record (train/pruning_eval.py): its pruning.json if that already
+    answers `pruning`, else measured now from its checkpoint. None for a diverged or unfinished run, or one
+    without a checkpoint (its logs copied from a twin without the record). PruningError for a model or data
+    that cannot be pruned this way."""
     from switchrepro.train import pruning_eval
 
+    if run_status(run) != "done":
+        return None
     saved = run.run_dir / pruning_eval.PRUNING_FILE
     if saved.exists():
         try:
@@ -414,36 +421,36 @@ def ensure_pruning(run: PlannedRun, pruning: PruningSpec, echo: Callable[[str], 
         except ValueError:
             record = {}  # damaged: measure again
         if pruning_eval.up_to_date(record, pruning.budgets, pruning.contexts, pruning.examples):
-            return True
-    if run_status(run) != "done" or not has_checkpoint(run):
-        return False
+            return record
+    if not has_checkpoint(run):
+        return None
     t0 = time.time()
-    pruning_eval.measure(run.config, run.run_dir, pruning.budgets, pruning.contexts, pruning.examples,
-                         echo=lambda m: None)
+    try:
+        record = pruning_eval.measure(run.config, run.run_dir, pruning.budgets, pruning.contexts, pruning.examples,
+                                      echo=lambda m: None)
+    except ValueError as e:
+        raise PruningError(f"{run.row.name} seed {run.seed}: {e}") from None
     echo(f"{run.row.name} seed {run.seed}: context pruning measured in {time.time() - t0:.0f} s")
-    return True
+    return record
 
 
 PRUNING_COLUMNS = ["table", "row", "seed", "context", "budget", "nlp"]
 
 
-def collect_pruning(spec: TableSpec, scale: str, runs: Sequence[PlannedRun]) -> pd.DataFrame:
-    """Held-out quality under context pruning of the finished runs that have an up-to-date pruning.json:
-    one row per (run, context, budget) for the budgets below each context and the context itself (no
-    pruning), with columns PRUNING_COLUMNS. Empty for a table without `pruning` at this scale."""
+def collect_pruning(spec: TableSpec, scale: str, runs: Sequence[PlannedRun],
+                    echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Held-out quality under context pruning of the finished runs (ensure_pruning: measured now where the
+    record is missing): one row per (run, context, budget) for the budgets below each context and the
+    context itself (no pruning), with columns PRUNING_COLUMNS. Empty for a table without `pruning` at this
+    scale."""
     from switchrepro.train import pruning_eval
 
     p = (spec.pruning or {}).get(scale)
     records = []
     for run in runs if p is not None else ():
-        saved = run.run_dir / pruning_eval.PRUNING_FILE
-        if run_status(run) != "done" or not saved.exists():
-            continue
-        record = json.loads(saved.read_text())
-        if not pruning_eval.up_to_date(record, p.budgets, p.contexts, p.examples):
-            continue
-        for context in p.contexts:
-            for budget in [b for b in p.budgets if b < context] + [context]:
+        record = ensure_pruning(run, p, echo)
+        for context in p.contexts if record is not None else ():
+            for budget in pruning_eval.passes(p.budgets, context):
                 records.append({"table": spec.name, "row": run.row.name, "seed": run.seed, "context": context,
                                 "budget": budget, "nlp": pruning_eval.quality(record, budget, context)})
     return pd.DataFrame(records, columns=PRUNING_COLUMNS)
