@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 ROUTERS = ("switch", "top2", "noisy_topk")
 DISPATCHES = ("scatter", "einsum", "dropless")
 GROUPED_MATMULS = ("auto", "ragged_dot", "blocks")
+EXPERT_MATMULS = ("auto", "batched", "loop")
 ROUNDINGS = ("round", "floor", "ceil")
 EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
 DTYPES = ("float32", "bfloat16")
@@ -62,6 +63,7 @@ class MoeConfig:
     router_dtype: str = "float32"  # selective precision: float32 router in a bfloat16 model
     dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle) | dropless (no capacity)
     grouped_matmul: str = "auto"  # dropless only: ragged_dot | blocks | auto (blocks on CPU, else ragged_dot)
+    expert_matmul: str = "auto"  # scatter/einsum: batched | loop (one expert at a time) | auto (CPU loop if many rows)
     second_expert_threshold: float = 0.2  # top2: 2nd expert kept w.p. min(1, g2/threshold) in training
     noisy_top_k: int = 2  # noisy_topk: experts per token
     importance_loss_coef: float = 0.1  # noisy_topk: w_importance * CV(importance)^2
@@ -75,6 +77,9 @@ class MoeConfig:
         _check(self.dispatch in DISPATCHES, f"dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
         _check(self.grouped_matmul in GROUPED_MATMULS,
                f"grouped_matmul must be one of {GROUPED_MATMULS}, got {self.grouped_matmul!r}")
+        _check(0.0 <= self.expert_dropout < 1.0, f"expert_dropout must be in [0, 1), got {self.expert_dropout}")
+        _check(self.expert_matmul in EXPERT_MATMULS,
+               f"expert_matmul must be one of {EXPERT_MATMULS}, got {self.expert_matmul!r}")
         _check(self.capacity_rounding in ROUNDINGS,
                f"capacity_rounding must be one of {ROUNDINGS}, got {self.capacity_rounding!r}")
         _check(self.exploration in EXPLORATIONS,

@@ -70,7 +70,8 @@ def _close(a, b, rtol=2e-5, atol=2e-6):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("router", ["switch", "top2", "noisy_topk"])
 def test_layer_matches_loop_reference(router, train, masked, activation, monkeypatch):
-    """einsum and scatter backends agree with the loop reference: outputs, losses, metrics, gradients."""
+    """einsum and scatter backends, experts batched or looped, agree with the loop reference: outputs, losses,
+    metrics, gradients."""
     cfg = _cfg(router)
     _, params, x, mask = _setup(cfg, activation, masked)
     cot = jnp.asarray(np.random.default_rng(7).standard_normal(x.shape), jnp.float32)
@@ -78,17 +79,19 @@ def test_layer_matches_loop_reference(router, train, masked, activation, monkeyp
     seen = _spy_route(monkeypatch)
 
     results = {}
-    for backend in ("einsum", "scatter"):  # op by op: shapes repeat across cases, so XLA's op cache pays off
-        layer = MoeFeedForward(dataclasses.replace(cfg, dispatch=backend), d_model=M, d_ff=F, activation=activation)
+    # op by op: shapes repeat across cases, so XLA's op cache pays off
+    for backend, matmul in (("einsum", "batched"), ("scatter", "batched"), ("scatter", "loop")):
+        layer = MoeFeedForward(dataclasses.replace(cfg, dispatch=backend, expert_matmul=matmul), d_model=M, d_ff=F,
+                               activation=activation)
 
         def objective(p, x, layer=layer):
             y, metrics = layer.apply({"params": p}, x, mask, deterministic=not train, rngs=rngs)
             return jnp.sum(y * cot) + metrics.total_aux_loss, (y, metrics)
 
         (_, (y, metrics)), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, x)
-        results[backend] = (y, metrics, grads)
+        results[backend, matmul] = (y, metrics, grads)
 
-    capacity = results["scatter"][1].expert_capacity
+    capacity = results["scatter", "loop"][1].expert_capacity
     assert capacity == 2
     key = seen[0]
     assert (key is not None) == (train and routing.needs_key(cfg))
@@ -110,7 +113,7 @@ def test_layer_matches_loop_reference(router, train, masked, activation, monkeyp
         _close(metrics.tokens_per_expert, per_expert)
         _close(grads, grads_ref, rtol=1e-4, atol=1e-5)
     if mask is not None:  # padding outputs exactly zero
-        assert np.all(np.asarray(results["scatter"][0])[~np.asarray(mask)] == 0.0)
+        assert np.all(np.asarray(results["scatter", "loop"][0])[~np.asarray(mask)] == 0.0)
 
 
 @pytest.mark.parametrize("masked,activation", [(False, "relu"), (True, "geglu")], ids=["dense-relu", "padded-geglu"])
@@ -277,6 +280,43 @@ def test_expert_dropout_only_in_training():
     y_train, _ = layer.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
     assert not np.allclose(y_train, layer.apply({"params": params}, x, deterministic=False,
                                                 rngs={"dropout": jax.random.PRNGKey(1)})[0])
+
+
+@pytest.mark.parametrize("activation", ["relu", "geglu"])
+def test_expert_loop_equals_batched_with_expert_dropout(activation):
+    """The CPU loop over experts draws the batched path's dropout mask: same zeros, same values and
+    gradients up to float32 rounding."""
+    cfg = _cfg("switch", expert_dropout=0.5, exploration="argmax")
+    _, params, x, _ = _setup(cfg, activation)
+    out = {}
+    for matmul in ("batched", "loop"):
+        layer = MoeFeedForward(dataclasses.replace(cfg, expert_matmul=matmul), d_model=M, d_ff=F, activation=activation)
+
+        def objective(p, x, layer=layer):
+            y, _ = layer.apply({"params": p}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(4)})
+            return jnp.sum(y ** 2), y
+
+        out[matmul] = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, x)
+    (_, y_b), g_b = out["batched"]
+    (_, y_l), g_l = out["loop"]
+    # dropout hits some expert hidden units: outputs differ from the undropped layer
+    y_full, _ = MoeFeedForward(dataclasses.replace(cfg, expert_dropout=0.0), d_model=M, d_ff=F,
+                               activation=activation).apply({"params": params}, x, deterministic=True)
+    assert not np.allclose(y_b, y_full)
+    _close(y_l, y_b)
+    _close(g_l, g_b, rtol=1e-4, atol=1e-5)
+
+
+def test_expert_matmul_choice_and_errors():
+    from switchrepro.moe.layer import LOOP_MIN_ROWS, expert_matmul
+    cpu = jax.default_backend() == "cpu"
+    assert expert_matmul("auto", LOOP_MIN_ROWS) == ("loop" if cpu else "batched")
+    assert expert_matmul("auto", LOOP_MIN_ROWS - 1) == "batched"
+    assert expert_matmul("batched", 10**6) == "batched" and expert_matmul("loop", 1) == "loop"
+    with pytest.raises(ValueError, match="expert_matmul must be one of"):
+        MoeConfig(expert_matmul="vmap").validate()
+    with pytest.raises(ValueError, match=r"expert_dropout must be in \[0, 1\)"):
+        MoeConfig(expert_dropout=1.0).validate()
 
 
 @pytest.mark.parametrize("router_dtype", ["float32", "bfloat16"])

@@ -286,3 +286,32 @@ def test_expert_counts_literal():
     # [G, S, K] indices: counts over tokens and choices.
     twice = lambda a: a[:, :, None].repeat(2, -1)
     np.testing.assert_array_equal(routing.expert_counts(twice(index), twice(weight), 3), [[0, 4, 0], [0, 0, 3]])
+
+
+def test_argmax_last_axis_literal_ties_nan_inf():
+    """First maximum wins; a NaN beats everything (the first NaN); +-inf are ordinary values. 20 columns,
+    above FAST_ARGMAX_MIN, so the two-reduction path runs."""
+    assert routing.FAST_ARGMAX_MIN <= 20
+    nan, inf = np.nan, np.inf
+    rows = np.zeros((6, 20), np.float32)
+    rows[0, [3, 7]] = 5.0                    # tie: first one, 3
+    rows[1, [2, 9]] = nan                    # first NaN, 2, though 9.0 is larger
+    rows[1, 4] = 9.0
+    rows[2] = -1.0                           # all equal: 0
+    rows[3] = -inf                           # 11
+    rows[3, [11, 19]] = -2.0
+    rows[4, [5, 6]] = inf                    # 5
+    rows[5, 19] = 1e-30                      # last column: 19
+    got = np.asarray(routing.argmax_last_axis(jnp.asarray(rows)))
+    np.testing.assert_array_equal(got, [3, 2, 0, 11, 5, 19])
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(rows), axis=-1)))
+
+
+@pytest.mark.parametrize("n", [2, 16, 17, 128, 4099])
+def test_argmax_last_axis_equals_jnp_argmax(n):
+    # small integers as floats: many ties, some NaN rows
+    x = np.random.default_rng(n).integers(0, 5, size=(3, 40, n)).astype(np.float32)
+    x[0, :5, n // 2] = np.nan
+    got = routing.argmax_last_axis(jnp.asarray(x))
+    assert got.dtype == jnp.int32 and got.shape == (3, 40)
+    np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(x), axis=-1))

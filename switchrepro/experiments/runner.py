@@ -67,7 +67,7 @@ class PlannedRun:
 
 _ADDED_LATER = (("train", "cooldown_steps", 0), ("model.moe", "grouped_matmul", "auto"), ("", "distill", None),
                 ("", "finetune", None), ("model", "attention", "standard"),
-                ("model", "architecture", "encoder_decoder"))
+                ("model", "architecture", "encoder_decoder"), ("model.moe", "expert_matmul", "auto"))
 
 
 def without_neutral_additions(d: dict) -> dict:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from switchrepro.model.t5 import Transformer
+from switchrepro.moe.routing import argmax_last_axis
 
 Array = jax.Array
 EOS_ID = 1  # T5 / seqio: pad 0, eos 1; the decoder's first input is pad (0)
@@ -54,7 +55,7 @@ def _decode(model: Transformer, max_length: int, eos_id: int):
             segments = jnp.broadcast_to(positions <= i, (batch, max_length)).astype(jnp.int32)
             logits, _ = model.apply({"params": params}, encoded, enc_segments, dec_inputs, segments, True,
                                     method=Transformer.decode)
-            token = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), axis=-1)
+            token = argmax_last_axis(jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False))
             token = jnp.where(done, 0, token).astype(jnp.int32)
             out = jnp.where(positions == i, token[:, None], out)
             dec_inputs = jnp.where(positions == i + 1, token[:, None], dec_inputs)  # shifted right by one

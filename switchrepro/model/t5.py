@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from switchrepro.config import ModelConfig
+from switchrepro.linalg import dense_dot_general
 from switchrepro.model.selective import segment_starts, selection_penalty
 from switchrepro.moe.layer import MoeFeedForward
 
@@ -36,6 +37,7 @@ def kernel_init(scale: float):
 
 def dense(features: int, names: Tuple[str, str], scale: float, dtype, name: str) -> nn.Dense:
     return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    dot_general=dense_dot_general,
                     kernel_init=nn.with_logical_partitioning(kernel_init(scale), names))
 
 

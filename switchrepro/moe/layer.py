@@ -3,7 +3,8 @@
     x <dtype>[batch, length, d_model]
       -> T = batch * length tokens, row-major, split into G groups of S tokens (routing.num_groups)
       -> Routing (float32 router, capacity per group)
-      -> experts: one batched matmul over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch),
+      -> experts: an FFN per expert over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch; one
+         batched dot, or a loop over experts on CPU: cfg.expert_matmul),
          or, for dispatch 'dropless', a grouped matmul over all assignments sorted by expert (no capacity)
       -> y <dtype>[batch, length, d_model], the FFN branch only: the caller adds the residual.
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from switchrepro import linalg
 from switchrepro.config import MoeConfig
 from switchrepro.moe import dispatch as dispatch_lib
 from switchrepro.moe import grouped, routing
@@ -81,6 +83,22 @@ def routing_metrics(cfg: MoeConfig, r: routing.Routing, capacity: int) -> MoeMet
         router_confidence=jnp.sum(jnp.max(r.probs, axis=-1) * real) / n_real,
         expert_capacity=capacity,
     )
+
+
+# `auto` loops over experts on CPU from this many buffer rows per expert on: with fewer, each expert's
+# matmul is too small to pay for a loop step (2 cores, d_model 256, d_ff 1024: 2,048 rows, 8 experts:
+# loop 245 ms vs batched 320 ms per layer forward+backward; 128 rows, 128 experts: 410 vs 423 ms; the
+# peer model's 40 rows, 128 experts: the loop is slower).
+LOOP_MIN_ROWS = 128
+
+
+def expert_matmul(impl: str, rows: int) -> str:
+    """How the scatter/einsum backends run the experts, each on `rows` buffer rows (G * C): `auto` is
+    `loop` (one expert at a time, jax.lax.map) on CPU from LOOP_MIN_ROWS rows, else `batched` (one dot
+    over the expert axis)."""
+    if impl == "auto":
+        return "loop" if jax.default_backend() == "cpu" and rows >= LOOP_MIN_ROWS else "batched"
+    return impl
 
 
 def expert_init(scale: float) -> nn.initializers.Initializer:
@@ -191,18 +209,34 @@ class MoeFeedForward(nn.Module):
         # --- experts: one batched FFN over all experts' buffers ---
         hidden_dropout = nn.Dropout(rate=cfg.expert_dropout, name="expert_dropout")
 
+        def activate(proj):
+            return nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
+
         def experts(h: Array, weights=(wi, wo)) -> Array:  # <dtype>[E, N, d_model] -> <dtype>[E, N, d_model]
-            w_in, w_out = weights
-            proj = [jnp.einsum("enm,emf->enf", h, w.astype(self.dtype)) for w in w_in]
-            a = nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
-            a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
-            return jnp.einsum("enf,efm->enm", a, w_out.astype(self.dtype))
+            w_in, w_out = [w.astype(self.dtype) for w in weights[0]], weights[1].astype(self.dtype)
+            if expert_matmul(cfg.expert_matmul, h.shape[1]) == "batched":
+                a = activate([jnp.einsum("enm,emf->enf", h, w) for w in w_in])
+                a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
+                return jnp.einsum("enf,efm->enm", a, w_out)
+            # One expert at a time: XLA CPU's batched dot slows down as E grows at equal FLOPs (per-expert
+            # matmuls of few rows), and a loop keeps each expert's [N, d_ff] hidden in cache.
+            keep = None
+            if cfg.expert_dropout > 0 and not deterministic:  # the batched path's mask, bit for bit
+                keep = hidden_dropout(jnp.ones(h.shape[:-1] + (self.d_ff,), self.dtype), deterministic=False) != 0
+
+            def one(args):
+                h_e, w_in_e, w_out_e, keep_e = args
+                a = activate([linalg.matmul(h_e, w) for w in w_in_e])
+                if keep_e is not None:
+                    a = jnp.where(keep_e, a / (1.0 - cfg.expert_dropout), 0)
+                return linalg.matmul(a, w_out_e)
+
+            return jax.lax.map(one, (h, w_in, w_out, keep))
 
         def ragged_experts(rows: Array, sizes: Array, weights=(wi, wo)) -> Array:
             """<dtype>[A, d_model] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, d_model]."""
             w_in, w_out = weights
-            proj = [grouped.grouped_matmul(rows, w.astype(self.dtype), sizes, cfg.grouped_matmul) for w in w_in]
-            a = nn.gelu(proj[0]) * proj[1] if self.activation == "geglu" else nn.relu(proj[0])
+            a = activate([grouped.grouped_matmul(rows, w.astype(self.dtype), sizes, cfg.grouped_matmul) for w in w_in])
             a = hidden_dropout(a, deterministic=deterministic)
             return grouped.grouped_matmul(a, w_out.astype(self.dtype), sizes, cfg.grouped_matmul)
 

@@ -1,0 +1,101 @@
+"""linalg: the CPU-fast weight gradient keeps jax's values; the model's numbers do not change with it."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_MODEL
+
+from switchrepro import linalg
+from switchrepro.config import MoeConfig
+
+
+def _plain_dense(x, w, precision=None):
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 3, 7), (1100, 6, 4), (1100, 4, 6), (2, 600, 5, 9)],
+                         ids=["few-rows", "rows-narrow-out", "rows-narrow-in", "3d-many-rows"])
+def test_matmul_values_and_gradients_equal_jax(shape, monkeypatch):
+    """Forward bit for bit; both gradients within float32 rounding of jax's own, on both sides of
+    WEIGHT_GRAD_MIN_ROWS and with either operand the narrower (the two transposition branches)."""
+    *lead, k, n = shape
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((*lead, k)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((*lead, n)), jnp.float32)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # the fast path, whatever runs the tests
+    y, vjp = jax.vjp(linalg.matmul, x, w)
+    y_ref, vjp_ref = jax.vjp(_plain_dense, x, w)
+    np.testing.assert_array_equal(y, y_ref)
+    for got, want in zip(vjp(cot), vjp_ref(cot), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # hand-worked: dW = x^T cot over every row
+    dw = vjp(cot)[1]
+    np.testing.assert_allclose(dw, np.asarray(x).reshape(-1, k).T @ np.asarray(cot).reshape(-1, n), rtol=1e-4,
+                               atol=1e-3)
+
+
+def test_weight_grad_branches_literal(monkeypatch):
+    monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
+    x = jnp.asarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # [T=3, K=2]
+    g_wide = jnp.asarray([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 2.0]])  # N=3 > K: x transposed
+    g_narrow = jnp.asarray([[1.0], [2.0], [3.0]])  # N=1 < K: g transposed
+    np.testing.assert_array_equal(linalg.weight_grad(x, g_wide), [[6.0, 8.0, 11.0], [8.0, 10.0, 14.0]])
+    np.testing.assert_array_equal(linalg.weight_grad(x, g_narrow), [[22.0], [28.0]])
+
+
+def test_dense_dot_general_in_flax_dense_and_fallback(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5, 4)), jnp.float32)
+    fast, plain = nn.Dense(6, use_bias=False, dot_general=linalg.dense_dot_general), nn.Dense(6, use_bias=False)
+    params = plain.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(fast.apply(params, x), plain.apply(params, x))
+    g_fast = jax.grad(lambda p: jnp.sum(fast.apply(p, x) ** 2))(params)
+    g_plain = jax.grad(lambda p: jnp.sum(plain.apply(p, x) ** 2))(params)
+    np.testing.assert_allclose(g_fast["params"]["kernel"], g_plain["params"]["kernel"], rtol=1e-5, atol=1e-5)
+    # anything but a dense layer's own contraction goes to lax.dot_general unchanged
+    a = jnp.ones((2, 3, 4))
+    b = jnp.ones((2, 4, 5))
+    dims = (((2,), (1,)), ((0,), (0,)))
+    np.testing.assert_array_equal(linalg.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+
+
+def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch):
+    """The speed changes keep the model's numbers: 20 Switch training steps with the fast weight gradient
+    (forced on every dense layer) and the loop over experts give the losses of plain dots and one batched
+    expert dot, within float32 rounding."""
+    from test_model import _batch
+
+    from switchrepro.config import TrainConfig
+    from switchrepro.model.t5 import init_params
+    from switchrepro.moe import layer
+    from switchrepro.train import trainer
+
+    cfg = dataclasses.replace(TINY_MODEL, moe=MoeConfig(num_experts=4, router="switch"))
+    tc = TrainConfig(steps=20, learning_rate=0.1, warmup_steps=5)  # smooth: rounding is not amplified
+    batch = _batch(b=4, il=12, tl=6)
+
+    def losses():
+        model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=12, targets_length=6)
+        opt = trainer.make_optimizer(tc)
+        state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+        step = trainer.make_train_step(model, opt, tc)
+        out = []
+        for _ in range(20):
+            state, metrics = step(state, batch, jax.random.PRNGKey(1))
+            out.append(float(metrics["loss"]))
+        return np.asarray(out)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
+    monkeypatch.setattr(layer, "LOOP_MIN_ROWS", 1)
+    fast = losses()
+    monkeypatch.setattr(linalg, "_dense", _plain_dense)
+    monkeypatch.setattr(layer, "expert_matmul", lambda impl, rows: "batched")
+    plain = losses()
+    assert fast[-1] < fast[0] - 0.1  # it trains
+    np.testing.assert_allclose(fast, plain, rtol=2e-5)
