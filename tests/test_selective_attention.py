@@ -22,6 +22,22 @@ def test_exclusive_cumsum_is_the_shifted_running_sum(queries):
     np.testing.assert_allclose(np.asarray(exclusive_cumsum(jnp.asarray(s))), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("queries", [1, BLOCK, 2 * BLOCK + 5])
+def test_exclusive_cumsum_gradient_is_the_reversed_running_sum(queries):
+    """The hand-written gradient: dL/ds[:, k] = sum_{i > k} g[:, i], as jax differentiates the plain
+    shift-then-cumsum."""
+    rng = np.random.default_rng(queries + 1)
+    s = jnp.asarray(rng.normal(size=(2, queries, 7)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, queries, 7)), jnp.float32)
+    expected = np.zeros_like(np.asarray(g))
+    for k in range(queries - 2, -1, -1):
+        expected[:, k] = expected[:, k + 1] + np.asarray(g)[:, k + 1]
+    got = jax.vjp(exclusive_cumsum, s)[1](g)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    plain = jax.vjp(lambda s: jnp.cumsum(s, axis=1) - s, s)[1](g)[0]
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+
+
 def _reference(head_logits, segments):
     """F[b, i, j] = sum over k < i of relu(L[b, k, j]) where query k may attend key j, j != k and j does not
     start its segment; written as loops."""

