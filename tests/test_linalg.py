@@ -1,16 +1,12 @@
 """linalg: the CPU-fast weight gradient keeps jax's values; the model's numbers do not change with it."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_MODEL
 
 from switchrepro import linalg
-from switchrepro.config import MoeConfig
 
 
 def _plain_dense(x, w, precision=None):
@@ -68,34 +64,16 @@ def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch)
     """The speed changes keep the model's numbers: 20 Switch training steps with the fast weight gradient
     (forced on every dense layer) and the loop over experts give the losses of plain dots and one batched
     expert dot, within float32 rounding."""
-    from test_model import _batch
+    from test_model import twenty_step_losses
 
-    from switchrepro.config import TrainConfig
-    from switchrepro.model.t5 import init_params
     from switchrepro.moe import layer
-    from switchrepro.train import trainer
-
-    cfg = dataclasses.replace(TINY_MODEL, moe=MoeConfig(num_experts=4, router="switch"))
-    tc = TrainConfig(steps=20, learning_rate=0.1, warmup_steps=5)  # smooth: rounding is not amplified
-    batch = _batch(b=4, il=12, tl=6)
-
-    def losses():
-        model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=12, targets_length=6)
-        opt = trainer.make_optimizer(tc)
-        state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
-        step = trainer.make_train_step(model, opt, tc)
-        out = []
-        for _ in range(20):
-            state, metrics = step(state, batch, jax.random.PRNGKey(1))
-            out.append(float(metrics["loss"]))
-        return np.asarray(out)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
     monkeypatch.setattr(layer, "LOOP_MIN_ROWS", 1)
-    fast = losses()
+    fast = twenty_step_losses(0.1)  # smooth at this rate: rounding is not amplified
     monkeypatch.setattr(linalg, "_dense", _plain_dense)
     monkeypatch.setattr(layer, "expert_matmul", lambda impl, rows: "batched")
-    plain = losses()
+    plain = twenty_step_losses(0.1)
     assert fast[-1] < fast[0] - 0.1  # it trains
     np.testing.assert_allclose(fast, plain, rtol=2e-5)

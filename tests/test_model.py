@@ -277,30 +277,33 @@ def test_add_bias_gradients_equal_broadcasting_add(bias_shape):
         np.testing.assert_allclose(g_bias[0], np.asarray(g).sum(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_twenty_training_steps_with_add_bias_match_plain_broadcasting(monkeypatch):
-    """The speed change keeps the model's numbers: 20 Switch training steps with add_bias give the loss of
-    the same steps with a plain broadcasting add, within float32 rounding."""
+def twenty_step_losses(learning_rate: float) -> np.ndarray:
+    """The losses of 20 training steps of a tiny 4-expert Switch model on one fixed batch (the check that a
+    speed change keeps the model's numbers: run it with and without the change)."""
     from switchrepro.config import TrainConfig
-    from switchrepro.model import t5
     from switchrepro.train import trainer
 
     cfg = dataclasses.replace(TINY_MODEL, moe=MoeConfig(num_experts=4, router="switch"))
-    tc = TrainConfig(steps=20, learning_rate=1.0, warmup_steps=5)
+    tc = TrainConfig(steps=20, learning_rate=learning_rate, warmup_steps=5)
     batch = _batch(b=4, il=12, tl=6)
+    model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=12, targets_length=6)
+    opt = trainer.make_optimizer(tc)
+    state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    step = trainer.make_train_step(model, opt, tc)
+    out = []
+    for _ in range(20):
+        state, metrics = step(state, batch, jax.random.PRNGKey(1))
+        out.append(float(metrics["loss"]))
+    return np.asarray(out)
 
-    def losses():
-        model, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=12, targets_length=6)
-        opt = trainer.make_optimizer(tc)
-        state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
-        step = trainer.make_train_step(model, opt, tc)
-        out = []
-        for _ in range(20):
-            state, metrics = step(state, batch, jax.random.PRNGKey(1))
-            out.append(float(metrics["loss"]))
-        return np.asarray(out)
 
-    fast = losses()
+def test_twenty_training_steps_with_add_bias_match_plain_broadcasting(monkeypatch):
+    """The speed change keeps the model's numbers: 20 Switch training steps with add_bias give the loss of
+    the same steps with a plain broadcasting add, within float32 rounding."""
+    from switchrepro.model import t5
+
+    fast = twenty_step_losses(1.0)
     monkeypatch.setattr(t5, "add_bias", lambda logits, bias: logits + bias)
-    plain = losses()
+    plain = twenty_step_losses(1.0)
     assert fast[-1] < fast[0] - 0.1  # it trains
     np.testing.assert_allclose(fast, plain, rtol=2e-5)
