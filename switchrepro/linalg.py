@@ -51,13 +51,6 @@ def _dense_bwd(precision, res, g):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def matmul(x: Array, w: Array) -> Array:
-    """<dtype>[..., K] @ <dtype>[K, N] -> <dtype>[..., N], with the fast weight gradient on CPU."""
-    if jax.default_backend() == "cpu":
-        return _dense(x, w, None)
-    return x @ w
-
-
 def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                       preferred_element_type=None) -> Array:
     """lax.dot_general for nn.Dense's `dot_general`: <dtype>[..., K] x <dtype>[K, N] -> <dtype>[..., N].
@@ -69,3 +62,8 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
         return _dense(lhs, rhs, precision)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
+
+
+def matmul(x: Array, w: Array) -> Array:
+    """<dtype>[..., K] @ <dtype>[K, N] -> <dtype>[..., N], with the fast weight gradient on CPU."""
+    return dense_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
