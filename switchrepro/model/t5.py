@@ -194,7 +194,12 @@ class Attention(nn.Module):
         for b in bias:
             logits = add_bias(logits, b)
         if selection is not None:
-            logits = logits - selection_penalty(logits[:, 0], *selection)[:, None]
+            # Head 0's logits once more from its own q and k (a [batch, q, k] dot): their gradient then
+            # reaches q, k and the biases directly, not through a zero-padded [batch, heads, q, k] slice.
+            head = jnp.einsum("bqd,bkd->bqk", q[:, :, 0], k[:, :, 0]).astype(jnp.float32)
+            for b in bias:
+                head = add_bias(head, b[:, 0])
+            logits = logits - selection_penalty(head, *selection)[:, None]
         weights = softmax_last_axis(logits).astype(self.dtype)  # float32 for stability
         weights = nn.Dropout(c.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape[:-1] + (inner,))
