@@ -107,16 +107,17 @@ def test_selective_attention_layer_matches_a_plain_reference():
         out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v).reshape(2, 9, 12)
         return out @ w("out")
 
-    def fused(p, x, position):
+    def layer_output(p, x, position):
         return layer.apply({"params": p}, x, x, (position, masking), True, (mask, starts))
 
     y_plain, vjp_plain = jax.vjp(plain, params, x, position)
-    y_fused, vjp_fused = jax.vjp(fused, params, x, position)
-    np.testing.assert_allclose(np.asarray(y_fused), np.asarray(y_plain), rtol=1e-5, atol=1e-6)
+    y_layer, vjp_layer = jax.vjp(layer_output, params, x, position)
+    np.testing.assert_allclose(np.asarray(y_layer), np.asarray(y_plain), rtol=1e-5, atol=1e-6)
     g = jnp.asarray(rng.normal(size=y_plain.shape), jnp.float32)
-    for got, want in zip(jax.tree_util.tree_leaves(vjp_fused(g)), jax.tree_util.tree_leaves(vjp_plain(g)), strict=True):
+    grads = vjp_layer(g)
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(vjp_plain(g)), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
-    assert np.abs(np.asarray(vjp_fused(g)[2])[0, 0]).sum() > 0  # head 0's position bias learns from F too
+    assert np.abs(np.asarray(grads[2])[0, 0]).sum() > 0  # head 0's position bias learns from F too
 
 
 def _model_and_batch(attention):
