@@ -1063,12 +1063,13 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
 @bench.command("attention")
 @click.option("--lengths", default="128,256", show_default=True, help="Comma-separated context lengths.")
 @click.option("--batch-size", default=32, type=click.IntRange(1), show_default=True)
-@click.option("--steps", default=20, type=click.IntRange(1), show_default=True, help="Timed steps per round.")
-@click.option("--rounds", default=3, type=click.IntRange(1), show_default=True,
-              help="Alternating rounds of the two models (the medians over rounds are compared).")
+@click.option("--pairs", default=150, type=click.IntRange(1), show_default=True,
+              help="Paired steps (one of each model, back to back); the ratio is the median over pairs.")
+@click.option("--warmup", default=5, type=click.IntRange(0), show_default=True,
+              help="Untimed steps of each model after compilation.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as markdown here.")
-def bench_attention(lengths: str, batch_size: int, steps: int, rounds: int, output: Optional[Path]):
+def bench_attention(lengths: str, batch_size: int, pairs: int, warmup: int, output: Optional[Path]):
     """Training-step time of the tiny decoder-only LM with selective vs standard attention (goal: < 1.10x)."""
     from switchrepro import bench as B
 
@@ -1080,7 +1081,7 @@ def bench_attention(lengths: str, batch_size: int, steps: int, rounds: int, outp
         raise UserError(f"--lengths needs context lengths >= 2, got {lengths!r}")
     if output is not None:
         ensure_writable(output.parent if str(output.parent) else Path("."), "--output")
-    text = B.run_attention_bench(wanted, batch_size=batch_size, steps=steps, rounds=rounds, echo=click.echo)
+    text = B.run_attention_bench(wanted, batch_size=batch_size, pairs=pairs, warmup=warmup, echo=click.echo)
     if output:
         output.write_text(text)
 

@@ -173,11 +173,23 @@ def test_bench_attention_times_both_models_at_each_length(tmp_path):
 
     from switchrepro.cli import main
 
-    out = CliRunner().invoke(main, ["bench", "attention", "--lengths", "16,32", "--batch-size", "2", "--steps", "1",
-                                    "--rounds", "1", "--output", str(tmp_path / "a.md")])
+    out = CliRunner().invoke(main, ["bench", "attention", "--lengths", "16,32", "--batch-size", "2", "--pairs", "3",
+                                    "--warmup", "0", "--output", str(tmp_path / "a.md")])
     assert out.exit_code == 0, out.output
     rows = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| 16 |")
             or line.startswith("| 32 |")]
-    assert len(rows) == 2 and all(len(r.split("|")) == 7 for r in rows)
+    assert len(rows) == 2 and all(len(r.split("|")) == 8 for r in rows)
     bad = CliRunner().invoke(main, ["bench", "attention", "--lengths", "1"])
     assert bad.exit_code == 2 and "--lengths needs context lengths >= 2" in bad.output
+
+
+def test_median_interval_and_verdict_on_literal_ratios():
+    from switchrepro.bench import attention_verdict, median_interval
+
+    # n = 100: ranks 50 -+ 1.96 * 10 / 2 = 40.2 .. 59.8 -> sorted positions 40 and 60
+    ratios = [1.0 + i / 1000 for i in range(100)]
+    median, low, high = median_interval(list(reversed(ratios)))
+    assert median == pytest.approx(1.0495) and low == pytest.approx(1.040) and high == pytest.approx(1.060)
+    assert attention_verdict(1.07, 1.09) == "met"
+    assert attention_verdict(1.10, 1.12) == "NOT met"
+    assert attention_verdict(1.09, 1.11).startswith("on the line")
