@@ -15,6 +15,7 @@ of the tiny dense and Switch configs on synthetic batches of the real shapes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import TYPE_CHECKING, Callable, List, Tuple
@@ -285,7 +286,7 @@ def median_interval(values: List[float], z: float = 1.96) -> tuple[float, float,
     v = sorted(values)
     n = len(v)
     half = z * n ** 0.5 / 2
-    lo, hi = max(0, int(n / 2 - half)), min(n - 1, int(-(-(n / 2 + half) // 1)))
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
     return statistics.median(v), v[lo], v[hi]
 
 
@@ -322,8 +323,8 @@ def run_attention_bench(lengths: List[int], batch_size: int = 32, pairs: int = 1
         for i in range(pairs):
             order = ("standard", "selective") if i % 2 == 0 else ("selective", "standard")
             t = {att: steppers[att].step() for att in order}
-            for att in order:
-                times[att].append(t[att])
+            for att, seconds in t.items():
+                times[att].append(seconds)
             ratios.append(t["selective"] / t["standard"])
         ratio, low, high = median_interval(ratios)
         std, sel = statistics.median(times["standard"]), statistics.median(times["selective"])
