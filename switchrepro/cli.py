@@ -1032,8 +1032,10 @@ def _tokens_per_step(ctx, param, value: int) -> int:
                    "XLA_FLAGS=--xla_force_host_platform_device_count=N).")
 @click.option("--tokens", default=4096, type=int, callback=_tokens_per_step, show_default=True,
               help="Tokens per step (layer tables), a multiple of 128.")
+@click.option("--pairs", default=30, type=click.IntRange(1), show_default=True,
+              help="Paired steps (128 experts, then 8, alternating) behind each goal's verdict.")
 def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: Optional[Path], mesh_text,
-              tokens: int):
+              tokens: int, pairs: int):
     """Forward+backward time of dense vs Switch layers, and whole-model examples/sec; with --mesh, one device
     vs the mesh and the all-to-all bytes per step."""
     from switchrepro import bench as B
@@ -1055,7 +1057,7 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
         text = B.run_mesh_bench(mesh, counts, repeats=repeats, tokens=tokens, echo=click.echo)
     else:
         text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, tokens=tokens,
-                               echo=click.echo)
+                               pairs=pairs, echo=click.echo)
     if output:
         output.write_text(text)
 

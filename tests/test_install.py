@@ -30,3 +30,17 @@ def test_t5_is_the_repaired_wheel_and_nightlies_are_absent():
     assert md.version("t5") == "0.9.4+switchrepro"
     installed = {d.metadata["Name"].lower() for d in md.distributions()}
     assert not installed & {"seqio-nightly", "tfds-nightly", "mesh-tensorflow", "transformers"}
+
+
+def test_native_helper_is_built_where_a_compiler_is():
+    """`make install` builds switchrepro/native's library when a C++ compiler is on PATH, and it loads."""
+    import shutil
+
+    import pytest
+
+    from switchrepro import native
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("no C++ compiler here: switchrepro runs without the native helper")
+    assert native.LIBRARY.exists(), f"{native.LIBRARY} missing: `make install` runs `python -m switchrepro.native`"
+    assert native.status() == "loaded"

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from switchrepro import linalg
 from switchrepro.config import MoeConfig
 from switchrepro.moe import dispatch as dispatch_lib
-from switchrepro.moe import grouped, routing
+from switchrepro.moe import expert_loop, grouped, routing
 
 Array = jax.Array
 
@@ -223,15 +222,7 @@ class MoeFeedForward(nn.Module):
             keep = None
             if cfg.expert_dropout > 0 and not deterministic:  # the batched path's mask, bit for bit
                 keep = hidden_dropout(jnp.ones(h.shape[:-1] + (self.d_ff,), self.dtype), deterministic=False) != 0
-
-            def one(args):
-                h_e, w_in_e, w_out_e, keep_e = args
-                a = activate([linalg.matmul(h_e, w) for w in w_in_e])
-                if keep_e is not None:
-                    a = jnp.where(keep_e, a / (1.0 - cfg.expert_dropout), 0)
-                return linalg.matmul(a, w_out_e)
-
-            return jax.lax.map(one, (h, w_in, w_out, keep))
+            return expert_loop.expert_ffn(h, w_in, w_out, activate, keep, cfg.expert_dropout)
 
         def ragged_experts(rows: Array, sizes: Array, weights=(wi, wo)) -> Array:
             """<dtype>[A, d_model] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, d_model]."""

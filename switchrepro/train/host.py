@@ -95,6 +95,8 @@ def describe() -> Dict[str, Any]:
     """CPU, usable cores, XLA threading flags and JAX devices of this process."""
     import jax
 
+    from switchrepro import native
+
     usable = len(usable_cores()) or os.cpu_count()
     return {
         "cpu": cpu_model(),
@@ -102,6 +104,7 @@ def describe() -> Dict[str, Any]:
         "usable_cpus": usable,  # what taskset / the container allows this process
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc": _memory_policy,
+        "native_buffers": native.status(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),

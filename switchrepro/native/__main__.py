@@ -1,0 +1,5 @@
+import sys
+
+from switchrepro.native import main
+
+sys.exit(main())
