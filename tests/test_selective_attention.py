@@ -86,9 +86,12 @@ def test_penalty_on_a_hand_worked_example():
     np.testing.assert_allclose(np.asarray(f), expected, atol=1e-7)
 
 
-def test_selective_attention_layer_matches_a_plain_reference():
+@pytest.mark.parametrize("biases", ["tuple", "mask_and_position"])
+def test_selective_attention_layer_matches_a_plain_reference(biases):
     """The layer recomputes head 0's logits from its own q and k (for a cheaper gradient): values and
-    gradients equal the paper's recipe read off the full [batch, heads, q, k] logits."""
+    gradients equal the paper's recipe read off the full [batch, heads, q, k] logits, whether the biases come
+    as a plain tuple (all added to head 0) or as attention_bias's MaskAndPositionBias (the mask left out of
+    head 0, since selection_penalty zeroes the masked positions anyway)."""
     cfg = ModelConfig(d_model=16, num_heads=3, d_kv=4, attention="selective")
     layer = t5.Attention(cfg, jnp.float32)
     rng = np.random.default_rng(3)
@@ -97,7 +100,8 @@ def test_selective_attention_layer_matches_a_plain_reference():
     mask, starts = _mask(segments), segment_starts(jnp.asarray(segments))
     position = jnp.asarray(rng.normal(size=(1, 3, 9, 9)), jnp.float32)  # a learnt bias: gets a gradient
     masking = jnp.where(mask, 0.0, -1e9)[:, None]
-    params = nn.meta.unbox(layer.init(jax.random.PRNGKey(0), x, x, (position, masking), True, (mask, starts))["params"])
+    pack = (lambda pos: (pos, masking)) if biases == "tuple" else (lambda pos: t5.MaskAndPositionBias(masking, pos))
+    params = nn.meta.unbox(layer.init(jax.random.PRNGKey(0), x, x, pack(position), True, (mask, starts))["params"])
 
     def plain(p, x, position):
         w = lambda name: p[name]["kernel"]
@@ -108,7 +112,7 @@ def test_selective_attention_layer_matches_a_plain_reference():
         return out @ w("out")
 
     def layer_output(p, x, position):
-        return layer.apply({"params": p}, x, x, (position, masking), True, (mask, starts))
+        return layer.apply({"params": p}, x, x, pack(position), True, (mask, starts))
 
     y_plain, vjp_plain = jax.vjp(plain, params, x, position)
     y_layer, vjp_layer = jax.vjp(layer_output, params, x, position)

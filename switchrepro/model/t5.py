@@ -15,7 +15,7 @@ Batches follow seqio's EncDecFeatureConverter (packed): `encoder_input_tokens`,
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -94,9 +94,17 @@ class RelativePositionBias(nn.Module):
         return bias[None].astype(self.dtype)
 
 
+class MaskAndPositionBias(NamedTuple):
+    """A self-attention stack's two additive biases; a tuple, so layers add them in turn like any other."""
+
+    mask: Array      # <float32>[batch, 1, q, k]: 0 where a query may attend, -1e9 elsewhere
+    position: Array  # <float32>[1, heads, q, k]: the relative position bias
+
+
 def attention_bias(mask: Array, position_bias: Optional[Array] = None) -> Tuple[Array, ...]:
     """The additive attention biases of one stack: `mask` as `<float32>[batch, 1, q, k]` (0 where True,
-    -1e9 elsewhere) and the relative position bias `<float32>[1, heads, q, k]` if any.
+    -1e9 elsewhere) and the relative position bias `<float32>[1, heads, q, k]` if any (then as a
+    MaskAndPositionBias).
 
     Built once per stack; each layer adds them to its logits in the same fused pass that computes the
     softmax, instead of adding the bias and then masking with `where` (on CPU each extra pass over the
@@ -108,7 +116,7 @@ def attention_bias(mask: Array, position_bias: Optional[Array] = None) -> Tuple[
       position_bias: <dtype>[1, heads, q, k] relative position bias, or None (cross-attention).
     """
     masked = jnp.where(mask, 0.0, -1e9).astype(jnp.float32)
-    return (masked,) if position_bias is None else (masked, position_bias.astype(jnp.float32))
+    return (masked,) if position_bias is None else MaskAndPositionBias(masked, position_bias.astype(jnp.float32))
 
 
 @jax.custom_vjp
@@ -197,7 +205,8 @@ class Attention(nn.Module):
             # Head 0's logits once more from its own q and k (a [batch, q, k] dot): their gradient then
             # reaches q, k and the biases directly, not through a zero-padded [batch, heads, q, k] slice.
             head = jnp.einsum("bqd,bkd->bqk", q[:, :, 0], k[:, :, 0]).astype(jnp.float32)
-            for b in bias:
+            # The mask's -1e9 can be left out: selection_penalty zeroes the masked positions itself.
+            for b in ((bias.position,) if isinstance(bias, MaskAndPositionBias) else bias):
                 head = add_bias(head, b[:, 0])
             logits = logits - selection_penalty(head, *selection)[:, None]
         weights = softmax_last_axis(logits).astype(self.dtype)  # float32 for stability
