@@ -101,6 +101,22 @@ def test_expert_parallel_top2_equals_one_device(cheap_compiles):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
 
 
+def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
+    """The CPU expert loop (custom VJP, uninitialised buffers) inside shard_map: the same outputs and gradients
+    as the one-device layer."""
+    cfg = dataclasses.replace(MESH_MOE, expert_matmul="loop")
+    x = jax.random.normal(jax.random.PRNGKey(6), (8, 16, 32))
+    params = MoeFeedForward(cfg, 32, 64).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
+    (l0, (y0, _)), g0 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64), params, x)
+    mesh = _mesh(2, 4)
+    (l1, (y1, _)), g1 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64, mesh=mesh), params,
+                                               jax.device_put(x, NamedSharding(mesh, parallel.BATCH)))
+    np.testing.assert_allclose(y1, y0, atol=1e-6)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
+
+
 def test_dropless_on_a_mesh_says_what_to_change(cheap_compiles):
     cfg = dataclasses.replace(MESH_MOE, dispatch="dropless")
     x = jnp.zeros((8, 16, 32))

@@ -55,6 +55,21 @@ def _hidden(activate: Activation, rate: float, z: Sequence[Array], keep: Optiona
     return a if keep is None else jnp.where(keep, a / (1.0 - rate), 0)
 
 
+def _buffer(shape, dtype, *like: Array) -> Array:
+    """An uninitialised buffer that varies over the same shard_map mesh axes as `like` (the values written into
+    it), so that a loop carrying it keeps one type inside an expert-parallel shard_map."""
+    buffer = uninitialized(shape, dtype)
+    axes = tuple(sorted(set().union(*(_varying(a) for a in like))))
+    return jax.lax.pcast(buffer, axes, to="varying") if axes else buffer
+
+
+def _varying(a: Array) -> frozenset:
+    """The shard_map mesh axes that `a` varies over (empty outside shard_map)."""
+    aval = jax.typeof(a)
+    mat = getattr(aval, "mat", None)
+    return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+
+
 def _set(buffer: Array, value: Array, e: Array) -> Array:
     return jax.lax.dynamic_update_index_in_dim(buffer, value, e, 0)
 
@@ -72,9 +87,10 @@ def _forward(activate, rate, h, w_in, w_out, keep, save: bool) -> Tuple[Array, .
             return (y,)
         return (y,) + tuple(_set(b, z_k, e) for b, z_k in zip(buffers[1:], z, strict=True))
 
-    buffers = (uninitialized(h.shape, h.dtype),)
+    inputs = (h, *w_in, w_out)
+    buffers = (_buffer(h.shape, h.dtype, *inputs),)
     if save:
-        buffers += tuple(uninitialized((num_experts, rows, d_ff), h.dtype) for _ in w_in)
+        buffers += tuple(_buffer((num_experts, rows, d_ff), h.dtype, *inputs) for _ in w_in)
     return jax.lax.fori_loop(0, num_experts, body, buffers)
 
 
@@ -102,10 +118,19 @@ def _ffn_bwd(activate, rate, residuals, dy):
         dh_e = sum(jax.lax.dot_general(dz_k, w[e], contract_last) for dz_k, w in zip(dz, w_in, strict=True))
         return _set(dh, dh_e, e), dw_in, dw_out
 
-    grads = (uninitialized(h.shape, h.dtype), tuple(uninitialized(w.shape, w.dtype) for w in w_in),
-             uninitialized(w_out.shape, w_out.dtype))
+    inputs = (h, *w_in, w_out, dy)
+    grads = (_buffer(h.shape, h.dtype, *inputs), tuple(_buffer(w.shape, w.dtype, *inputs) for w in w_in),
+             _buffer(w_out.shape, w_out.dtype, *inputs))
     dh, dw_in, dw_out = jax.lax.fori_loop(0, h.shape[0], body, grads)
-    return dh, dw_in, dw_out, None
+    # Inside shard_map a kernel replicated over 'data' gets each shard's partial gradient: sum them, as jax's
+    # autodiff does (the transpose of the implicit broadcast to varying).
+    return (_sum_to(dh, h), tuple(_sum_to(g, w) for g, w in zip(dw_in, w_in, strict=True)), _sum_to(dw_out, w_out),
+            None)
+
+
+def _sum_to(grad: Array, primal: Array) -> Array:
+    extra = tuple(sorted(_varying(grad) - _varying(primal)))
+    return jax.lax.psum(grad, extra) if extra else grad
 
 
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)
