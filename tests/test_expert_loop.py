@@ -81,6 +81,24 @@ def test_literal_two_experts_relu():
     np.testing.assert_array_equal(np.asarray(dw_out).ravel(), [1.0, 0.0])              # sum of active relu(h w_in)
 
 
+def test_bfloat16_activations_match_the_reference_and_keep_dtypes():
+    h, w_in, w_out, _, cot = _inputs("geglu")
+    bf = lambda t: t.astype(jnp.bfloat16)
+    act = ACTIVATIONS["geglu"]
+    args = (bf(h), [bf(w) for w in w_in], bf(w_out))
+    y = expert_loop.expert_ffn(*args, act)
+    y_ref = _map_reference(*args, act, None, 0.0)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=2e-2, atol=2e-2)
+    grads = jax.grad(lambda h, w_in, w_out: jnp.sum(expert_loop.expert_ffn(h, w_in, w_out, act).astype(jnp.float32)
+                                                    * cot), argnums=(0, 1, 2))(*args)
+    grads_ref = jax.grad(lambda h, w_in, w_out: jnp.sum(_map_reference(h, w_in, w_out, act, None, 0.0).astype(
+        jnp.float32) * cot), argnums=(0, 1, 2))(*args)
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_ref), strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=5e-2, atol=5e-2)
+
+
 def test_bad_dropout_rate_is_refused():
     h, w_in, w_out, keep, _ = _inputs("relu", dropout=True)
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
