@@ -175,30 +175,30 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
         out("|---|---|---|---|---|---|")
         out(f"| dense FFN | - | - | - | {dense_ms:.1f} | 1.00 |")
         by_key = {}
+        fastest = {}  # experts -> (ms, key, compiled step): the goal's paired steps reuse the fastest layers
+
+        def timed(key, moe, x=x, by_key=by_key, fastest=fastest):
+            step = layer_step(_switch_layer(moe, d_model, d_ff), x)
+            by_key[key] = ms = 1e3 * _median_time(step, repeats)
+            if key[2] in (8, 128) and (key[2] not in fastest or ms < fastest[key[2]][0]):
+                fastest[key[2]] = (ms, key, step)
+            return ms
+
         for backend, cf in configs:
             for e in counts:
-                moe = MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend, group_size=group_size)
-                by_key[(backend, cf, e)] = ms = 1e3 * layer_time(_switch_layer(moe, d_model, d_ff), x, repeats)
+                ms = timed((backend, cf, e), MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend,
+                                                       group_size=group_size))
                 out(f"| switch | {e} | {cf} | {backend} | {ms:.1f} | {ms / dense_ms:.2f} |")
         for e in counts:  # no capacity: every token computed once, none dropped or padded
-            moe = MoeConfig(num_experts=e, dispatch="dropless", grouped_matmul="auto", group_size=group_size)
-            by_key[(dropless, "-", e)] = ms = 1e3 * layer_time(_switch_layer(moe, d_model, d_ff), x, repeats)
+            ms = timed((dropless, "-", e), MoeConfig(num_experts=e, dispatch="dropless", grouped_matmul="auto",
+                                                     group_size=group_size))
             out(f"| switch | {e} | - | {dropless} | {ms:.1f} | {ms / dense_ms:.2f} |")
         out()
         if 8 in counts and 128 in counts:
-            best = {e: min(((ms, key) for key, ms in by_key.items() if key[2] == e), key=lambda t: t[0])
-                    for e in (8, 128)}
+            best = {e: fastest[e][:2] for e in (8, 128)}
             label = {e: best[e][1][0] + ("" if best[e][1][1] == "-" else f" cf {best[e][1][1]}") for e in best}
             r = best[128][0] / best[8][0]
-
-            def step(key, x=x):
-                backend, cf, e = key
-                moe = MoeConfig(num_experts=e, dispatch=backend, capacity_factor_train=cf, group_size=group_size) \
-                    if cf != "-" else MoeConfig(num_experts=e, dispatch="dropless", grouped_matmul="auto",
-                                                group_size=group_size)
-                return layer_step(_switch_layer(moe, d_model, d_ff), x)
-
-            paired, low, high = median_interval(paired_ratios(step(best[128][1]), step(best[8][1]), pairs))
+            paired, low, high = median_interval(paired_ratios(fastest[128][2], fastest[8][2], pairs))
             goals.append(f"- {n} tokens: fastest at 128 experts ({label[128]}, {best[128][0]:.1f} ms) / fastest at "
                          f"8 experts ({label[8]}, {best[8][0]:.1f} ms) = {r:.2f}x by the table's medians; paired "
                          f"over {pairs} alternating steps {paired:.3f}x (~95% interval {low:.3f}-{high:.3f}): "
