@@ -88,12 +88,15 @@ def routing_metrics(cfg: MoeConfig, r: routing.Routing, capacity: int) -> MoeMet
 # matmul is too small to pay for a loop step (2 cores, d_model 256, d_ff 1024: 2,048 rows, 8 experts:
 # loop 245 ms vs batched 320 ms per layer forward+backward; 128 rows, 128 experts: 410 vs 423 ms; the
 # peer model's 40 rows, 128 experts: the loop is slower).
+# Re-measured with the custom-VJP loop (paired loop/batched, 20 pairs, d_model 256): no threshold in rows fits
+# every expert count (128 experts x 32 rows: 0.95; 64 x 32: 1.58; 64 x 128: 0.94; 32 x 128: 1.15; 256 x 128:
+# 1.02), so it stays.
 LOOP_MIN_ROWS = 128
 
 
 def expert_matmul(impl: str, rows: int) -> str:
     """How the scatter/einsum backends run the experts, each on `rows` buffer rows (G * C): `auto` is
-    `loop` (one expert at a time, jax.lax.map) on CPU from LOOP_MIN_ROWS rows, else `batched` (one dot
+    `loop` (one expert at a time, moe/expert_loop.py) on CPU from LOOP_MIN_ROWS rows, else `batched` (one dot
     over the expert axis)."""
     if impl == "auto":
         return "loop" if jax.default_backend() == "cpu" and rows >= LOOP_MIN_ROWS else "batched"
