@@ -88,24 +88,9 @@ def test_expert_parallel_layer_equals_one_device(cheap_compiles, layer_reference
         np.testing.assert_allclose(g1, g0, atol=1e-6, rtol=1e-5)
 
 
-def test_expert_parallel_top2_equals_one_device(cheap_compiles):
-    cfg = dataclasses.replace(MESH_MOE, router="top2", capacity_factor_train=1.25)
-    x = jax.random.normal(jax.random.PRNGKey(5), (8, 16, 32))
-    params = MoeFeedForward(cfg, 32, 64).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
-    (l0, (y0, _)), g0 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64), params, x)
-    mesh = _mesh(2, 4)
-    (l1, (y1, _)), g1 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64, mesh=mesh), params,
-                                               jax.device_put(x, NamedSharding(mesh, parallel.BATCH)))
-    np.testing.assert_allclose(y1, y0, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
-
-
-def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
-    """The CPU expert loop (custom VJP, uninitialised buffers) inside shard_map: the same outputs and gradients
-    as the one-device layer."""
-    cfg = dataclasses.replace(MESH_MOE, expert_matmul="loop")
-    x = jax.random.normal(jax.random.PRNGKey(6), (8, 16, 32))
+def _layer_on_mesh_2x4_equals_one_device(cfg, seed):
+    """Outputs, loss and gradients of `cfg`'s layer on a data=2,expert=4 mesh equal the one-device layer's."""
+    x = jax.random.normal(jax.random.PRNGKey(seed), (8, 16, 32))
     params = MoeFeedForward(cfg, 32, 64).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
     (l0, (y0, _)), g0 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64), params, x)
     mesh = _mesh(2, 4)
@@ -115,6 +100,15 @@ def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_expert_parallel_top2_equals_one_device(cheap_compiles):
+    _layer_on_mesh_2x4_equals_one_device(dataclasses.replace(MESH_MOE, router="top2", capacity_factor_train=1.25), 5)
+
+
+def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
+    """The CPU expert loop (custom VJP, uninitialised buffers) inside shard_map."""
+    _layer_on_mesh_2x4_equals_one_device(dataclasses.replace(MESH_MOE, expert_matmul="loop"), 6)
 
 
 def test_dropless_on_a_mesh_says_what_to_change(cheap_compiles):
