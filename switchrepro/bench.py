@@ -66,21 +66,24 @@ def layer_time(module, x: jax.Array, repeats: int, token_mask=None) -> float:
     return _median_time(layer_step(module, x, token_mask), repeats)
 
 
-def paired_ratios(numerator: Callable[[], object], denominator: Callable[[], object], pairs: int) -> List[float]:
-    """numerator time / denominator time for `pairs` back-to-back pairs of calls (which goes first alternates),
-    after one warm-up call of each: pairing cancels what drifts on a shared machine between the two."""
-    fns = (numerator, denominator)
-    for fn in fns:
-        jax.block_until_ready(fn())
-    ratios = []
+def paired_times(first: Callable[[], object], second: Callable[[], object],
+                 pairs: int) -> Tuple[List[float], List[float]]:
+    """Seconds per call of each, for `pairs` back-to-back pairs of calls (`first` goes first in even pairs,
+    `second` in odd ones): pairing cancels what drifts on a shared machine between the two."""
+    fns, times = (first, second), ([], [])
     for i in range(pairs):
-        t = [0.0, 0.0]
         for j in ((0, 1) if i % 2 == 0 else (1, 0)):
             start = time.perf_counter()
             jax.block_until_ready(fns[j]())
-            t[j] = time.perf_counter() - start
-        ratios.append(t[0] / t[1])
-    return ratios
+            times[j].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratios(numerator: Callable[[], object], denominator: Callable[[], object], pairs: int) -> List[float]:
+    """numerator time / denominator time per pair of paired_times, after one warm-up call of each."""
+    for fn in (numerator, denominator):
+        jax.block_until_ready(fn())
+    return [a / b for a, b in zip(*paired_times(numerator, denominator, pairs), strict=True)]
 
 
 def upper_goal_verdict(low: float, high: float, goal: float) -> str:
@@ -144,6 +147,11 @@ def _switch_layer(moe: MoeConfig, d_model: int, d_ff: int) -> MoeFeedForward:
     return MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1, dtype=jnp.float32)
 
 
+def _backend_label(key: tuple) -> str:
+    """'scatter cf 1.0' for a (backend, cf, ...) table key; the backend alone where cf is '-' (dropless)."""
+    return key[0] + ("" if key[1] == "-" else f" cf {key[1]}")
+
+
 def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps: int = 20,
                   tokens: int = 4096, d_model: int = 256, d_ff: int = 1024, group_size: int = 1024,
                   pairs: int = 30, echo: Callable[[str], None] = print) -> str:
@@ -195,17 +203,15 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
             out(f"| switch | {e} | - | {dropless} | {ms:.1f} | {ms / dense_ms:.2f} |")
         out()
         if 8 in counts and 128 in counts:
-            best = {e: fastest[e][:2] for e in (8, 128)}
-            label = {e: best[e][1][0] + ("" if best[e][1][1] == "-" else f" cf {best[e][1][1]}") for e in best}
-            r = best[128][0] / best[8][0]
-            paired, low, high = median_interval(paired_ratios(fastest[128][2], fastest[8][2], pairs))
-            goals.append(f"- {n} tokens: fastest at 128 experts ({label[128]}, {best[128][0]:.1f} ms) / fastest at "
-                         f"8 experts ({label[8]}, {best[8][0]:.1f} ms) = {r:.2f}x by the table's medians; paired "
-                         f"over {pairs} alternating steps {paired:.3f}x (~95% interval {low:.3f}-{high:.3f}): "
-                         f"{upper_goal_verdict(low, high, goal)} the <= {goal}x goal")
+            (ms8, key8, step8), (ms128, key128, step128) = fastest[8], fastest[128]
+            paired, low, high = median_interval(paired_ratios(step128, step8, pairs))
+            goals.append(f"- {n} tokens: fastest at 128 experts ({_backend_label(key128)}, {ms128:.1f} ms) / fastest "
+                         f"at 8 experts ({_backend_label(key8)}, {ms8:.1f} ms) = {ms128 / ms8:.2f}x by the table's "
+                         f"medians; paired over {pairs} alternating steps {paired:.3f}x (~95% interval "
+                         f"{low:.3f}-{high:.3f}): {upper_goal_verdict(low, high, goal)} the <= {goal}x goal")
             for key in sorted({k[:2] for k in by_key}, key=str):
-                name = key[0] + ("" if key[1] == "-" else f" cf {key[1]}")
-                goals.append(f"  - {name}: 128 experts / 8 experts = {by_key[key + (128,)] / by_key[key + (8,)]:.2f}x")
+                goals.append(f"  - {_backend_label(key)}: 128 experts / 8 experts = "
+                             f"{by_key[key + (128,)] / by_key[key + (8,)]:.2f}x")
     tiny = ModelConfig()  # the tiny_dense.gin shape
     switch = dataclasses.replace(tiny, moe=MoeConfig(num_experts=32, capacity_factor_train=1.0))
     b, il, tl = 32, 128, 32
@@ -363,16 +369,9 @@ def run_attention_bench(lengths: List[int], batch_size: int = 32, pairs: int = 1
         for stepper in steppers.values():
             for _ in range(warmup):
                 stepper.step()
-        times: dict = {att: [] for att in steppers}
-        ratios = []
-        for i in range(pairs):
-            order = ("standard", "selective") if i % 2 == 0 else ("selective", "standard")
-            t = {att: steppers[att].step() for att in order}
-            for att, seconds in t.items():
-                times[att].append(seconds)
-            ratios.append(t["selective"] / t["standard"])
-        ratio, low, high = median_interval(ratios)
-        std, sel = statistics.median(times["standard"]), statistics.median(times["selective"])
+        t_std, t_sel = paired_times(steppers["standard"].step, steppers["selective"].step, pairs)
+        ratio, low, high = median_interval([s / t for s, t in zip(t_sel, t_std, strict=True)])
+        std, sel = statistics.median(t_std), statistics.median(t_sel)
         line = (f"| {length} | {std * 1e3:.1f} | {sel * 1e3:.1f} | {ratio:.3f} | {low:.3f}-{high:.3f} | "
                 f"< {SELECTIVE_GOAL:.2f}: {attention_verdict(low, high)} |")
         echo(line)

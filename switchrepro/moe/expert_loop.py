@@ -65,9 +65,7 @@ def _buffer(shape, dtype, *like: Array) -> Array:
 
 def _varying(a: Array) -> frozenset:
     """The shard_map mesh axes that `a` varies over (empty outside shard_map)."""
-    aval = jax.typeof(a)
-    mat = getattr(aval, "mat", None)
-    return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
+    return frozenset(jax.typeof(a).mat.varying)
 
 
 def _set(buffer: Array, value: Array, e: Array) -> Array:
