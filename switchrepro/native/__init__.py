@@ -60,11 +60,15 @@ def uninitialized(shape: Sequence[int], dtype) -> jax.Array:
     return jax.lax.platform_dependent(cpu=native, default=lambda: jnp.zeros(shape, dtype))
 
 
+def find_compiler() -> Optional[str]:
+    """The C++ compiler `build` uses: $CXX, else the first of c++, g++, clang++ on PATH; None if there is none."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
 def build(compiler: Optional[str] = None) -> str:
     """Compile uninitialized.cc into LIBRARY; returns what happened (one line). Raises only on a failed
     compilation with an available compiler."""
-    compiler = compiler or os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or \
-        shutil.which("clang++")
+    compiler = compiler or find_compiler()
     if not compiler:
         return "no C++ compiler found (set CXX or install g++): switchrepro runs without it, zero-filling buffers"
     for old in HERE.glob("_uninitialized.*.so"):
