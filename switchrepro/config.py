@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 ROUTERS = ("switch", "top2", "noisy_topk")
 DISPATCHES = ("scatter", "einsum", "dropless")
 GROUPED_MATMULS = ("auto", "ragged_dot", "blocks")
-EXPERT_MATMULS = ("auto", "batched", "loop")
+EXPERT_MATMULS = ("auto", "batched", "loop", "native")
 ROUNDINGS = ("round", "floor", "ceil")
 EXPLORATIONS = ("input_jitter", "argmax", "sample_softmax", "input_dropout")
 DTYPES = ("float32", "bfloat16")
@@ -63,7 +63,8 @@ class MoeConfig:
     router_dtype: str = "float32"  # selective precision: float32 router in a bfloat16 model
     dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle) | dropless (no capacity)
     grouped_matmul: str = "auto"  # dropless only: ragged_dot | blocks | auto (blocks on CPU, else ragged_dot)
-    expert_matmul: str = "auto"  # scatter/einsum: batched | loop (one expert at a time) | auto (CPU loop if many rows)
+    expert_matmul: str = "auto"  # scatter/einsum: batched | loop (one expert at a time) | native (CPU kernels,
+    # switchrepro/native/expert_gemm.py) | auto (native where it runs, else the CPU loop from LOOP_MIN_ROWS rows)
     second_expert_threshold: float = 0.2  # top2: 2nd expert kept w.p. min(1, g2/threshold) in training
     noisy_top_k: int = 2  # noisy_topk: experts per token
     importance_loss_coef: float = 0.1  # noisy_topk: w_importance * CV(importance)^2

@@ -67,3 +67,25 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
 def matmul(x: Array, w: Array) -> Array:
     """<dtype>[..., K] @ <dtype>[K, N] -> <dtype>[..., N], with the fast weight gradient on CPU."""
     return dense_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+# --- custom VJPs inside shard_map: keep the manual-axis types that jax checks ---
+
+def varying_axes(a: Array) -> frozenset:
+    """The shard_map mesh axes that `a` varies over (empty outside shard_map)."""
+    return frozenset(jax.typeof(a).mat.varying)
+
+
+def as_varying(x: Array, *like: Array) -> Array:
+    """x typed as varying over every shard_map axis that any of `like` varies over: for values made by a
+    primitive that does not infer it (an XLA FFI call). A no-op outside shard_map."""
+    axes = tuple(sorted(set().union(*(varying_axes(a) for a in like)) - varying_axes(x)))
+    return jax.lax.pcast(x, axes, to="varying") if axes else x
+
+
+def sum_to(grad: Array, primal: Array) -> Array:
+    """A custom VJP's gradient for `primal`, summed over the axes it varies over and `primal` does not: inside
+    shard_map a kernel replicated over 'data' gets each shard's partial gradient, and jax's own autodiff sums
+    them (the transpose of the implicit broadcast to varying)."""
+    extra = tuple(sorted(varying_axes(grad) - varying_axes(primal)))
+    return jax.lax.psum(grad, extra) if extra else grad

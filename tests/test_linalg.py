@@ -62,18 +62,26 @@ def test_dense_dot_general_in_flax_dense_and_fallback(monkeypatch):
 
 def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch):
     """The speed changes keep the model's numbers: 20 Switch training steps with the fast weight gradient
-    (forced on every dense layer) and the loop over experts give the losses of plain dots and one batched
-    expert dot, within float32 rounding."""
+    (forced on every dense layer) and the experts in a loop, or through the native grouped matmuls, give the
+    losses of plain dots and one batched expert dot, within float32 rounding."""
     from test_model import twenty_step_losses
 
     from switchrepro.moe import layer
+    from switchrepro.native import expert_gemm
+
+    def experts_by(impl):
+        monkeypatch.setattr(layer, "expert_matmul", lambda *args: impl)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
-    monkeypatch.setattr(layer, "LOOP_MIN_ROWS", 1)
-    fast = twenty_step_losses(0.1)  # smooth at this rate: rounding is not amplified
+    experts_by("loop")
+    fast = {"loop": twenty_step_losses(0.1)}  # smooth at this rate: rounding is not amplified
+    if not expert_gemm.unsupported_reason((1, 1, 64), (1, 64, 64), jnp.float32):
+        experts_by("native")
+        fast["native"] = twenty_step_losses(0.1)
     monkeypatch.setattr(linalg, "_dense", _plain_dense)
-    monkeypatch.setattr(layer, "expert_matmul", lambda impl, rows: "batched")
+    experts_by("batched")
     plain = twenty_step_losses(0.1)
-    assert fast[-1] < fast[0] - 0.1  # it trains
-    np.testing.assert_allclose(fast, plain, rtol=2e-5)
+    for impl, losses in fast.items():
+        assert losses[-1] < losses[0] - 0.1, impl  # it trains
+        np.testing.assert_allclose(losses, plain, rtol=2e-5, err_msg=impl)

@@ -58,14 +58,7 @@ def _hidden(activate: Activation, rate: float, z: Sequence[Array], keep: Optiona
 def _buffer(shape, dtype, *like: Array) -> Array:
     """An uninitialised buffer that varies over the same shard_map mesh axes as `like` (the values written into
     it), so that a loop carrying it keeps one type inside an expert-parallel shard_map."""
-    buffer = uninitialized(shape, dtype)
-    axes = tuple(sorted(set().union(*(_varying(a) for a in like))))
-    return jax.lax.pcast(buffer, axes, to="varying") if axes else buffer
-
-
-def _varying(a: Array) -> frozenset:
-    """The shard_map mesh axes that `a` varies over (empty outside shard_map)."""
-    return frozenset(jax.typeof(a).mat.varying)
+    return linalg.as_varying(uninitialized(shape, dtype), *like)
 
 
 def _set(buffer: Array, value: Array, e: Array) -> Array:
@@ -120,15 +113,9 @@ def _ffn_bwd(activate, rate, residuals, dy):
     grads = (_buffer(h.shape, h.dtype, *inputs), tuple(_buffer(w.shape, w.dtype, *inputs) for w in w_in),
              _buffer(w_out.shape, w_out.dtype, *inputs))
     dh, dw_in, dw_out = jax.lax.fori_loop(0, h.shape[0], body, grads)
-    # Inside shard_map a kernel replicated over 'data' gets each shard's partial gradient: sum them, as jax's
-    # autodiff does (the transpose of the implicit broadcast to varying).
-    return (_sum_to(dh, h), tuple(_sum_to(g, w) for g, w in zip(dw_in, w_in, strict=True)), _sum_to(dw_out, w_out),
+    sum_to = linalg.sum_to  # inside shard_map: a kernel replicated over 'data' gets every shard's partial sum
+    return (sum_to(dh, h), tuple(sum_to(g, w) for g, w in zip(dw_in, w_in, strict=True)), sum_to(dw_out, w_out),
             None)
-
-
-def _sum_to(grad: Array, primal: Array) -> Array:
-    extra = tuple(sorted(_varying(grad) - _varying(primal)))
-    return jax.lax.psum(grad, extra) if extra else grad
 
 
 _ffn.defvjp(_ffn_fwd, _ffn_bwd)

@@ -1,9 +1,13 @@
-"""Native helpers for the CPU backend: an uninitialised output buffer (uninitialized.cc).
+"""Native helpers for the CPU backend, as XLA FFI handlers in one shared library:
 
-`make install` builds the shared library with the C++ compiler (`python -m switchrepro.native`), against the
+* uninitialized.cc: an output buffer that is not zero-filled (`uninitialized`);
+* expert_gemm.cc: grouped float32 matmuls over stacked experts (`expert_gemm.py`), AVX-512 only.
+
+`make install` builds the library with the C++ compiler (`python -m switchrepro.native`), against the
 installed jaxlib's XLA FFI headers, into this folder; its name carries the jaxlib version, so after an upgrade
 the old build is ignored until it is rebuilt. Without it (no compiler, another jaxlib, SWITCHREPRO_NATIVE=0, or
-a GPU/TPU), `uninitialized` returns zeros instead: the same numbers, a little slower on CPU.
+a GPU/TPU), `uninitialized` returns zeros and the MoE layer uses XLA's dot: the same numbers up to float32
+rounding, slower on CPU.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import jax.numpy as jnp
 import jaxlib
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "uninitialized.cc"
-LIBRARY = HERE / f"_uninitialized.jaxlib-{jaxlib.__version__}.so"
+SOURCES = (HERE / "uninitialized.cc", HERE / "expert_gemm.cc")
+LIBRARY = HERE / f"_native.jaxlib-{jaxlib.__version__}.so"
 TARGET = "switchrepro_uninitialized"
+GEMM_TARGETS = {kind: f"switchrepro_expert_gemm_{kind}" for kind in ("nn", "tn", "nt")}
 ENABLE_ENV = "SWITCHREPRO_NATIVE"
 
 _state: Optional[str] = None  # None until first use, then a one-line status
+_gemm_state: Optional[str] = None
 
 
 def status() -> str:
@@ -43,9 +49,28 @@ def status() -> str:
                 lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.SwitchreproUninitialized), platform="cpu")
                 _state = "loaded"
+                _register_gemm(lib)
             except (OSError, AttributeError, RuntimeError, ValueError) as e:
                 _state = f"failed to load {LIBRARY.name} ({e}): buffers are zero-filled"
     return _state
+
+
+def _register_gemm(lib) -> None:
+    global _gemm_state
+    if not lib.SwitchreproExpertGemmSupported():
+        _gemm_state = "this CPU has no AVX-512F: experts use XLA's dot"
+        return
+    for kind, target in GEMM_TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, f"SwitchreproExpertGemm{kind.upper()}")),
+                                    platform="cpu")
+    _gemm_state = "loaded"
+
+
+def gemm_status() -> str:
+    """'loaded' when the grouped expert matmuls of expert_gemm.cc can run on this CPU, else why not (one line)."""
+    if status() != "loaded":
+        return f"library not loaded: experts use XLA's dot ({status().split(':')[0]})"
+    return _gemm_state or "not registered: experts use XLA's dot"
 
 
 def uninitialized(shape: Sequence[int], dtype) -> jax.Array:
@@ -66,16 +91,17 @@ def find_compiler() -> Optional[str]:
 
 
 def build(compiler: Optional[str] = None) -> str:
-    """Compile uninitialized.cc into LIBRARY; returns what happened (one line). Raises only on a failed
+    """Compile SOURCES into LIBRARY; returns what happened (one line). Raises only on a failed
     compilation with an available compiler."""
     compiler = compiler or find_compiler()
     if not compiler:
         return "no C++ compiler found (set CXX or install g++): switchrepro runs without it, zero-filling buffers"
-    for old in HERE.glob("_uninitialized.*.so"):
+    for old in [*HERE.glob("_native.*.so"), *HERE.glob("_uninitialized.*.so")]:  # the latter: before 2026-12-06
         if old != LIBRARY:
             old.unlink()
-    cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE),
-           "-o", str(LIBRARY)]
+    # -O3: the matmul micro-kernel's accumulators must stay in registers (fully unrolled loops).
+    cmd = [compiler, "-O3", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}",
+           *map(str, SOURCES), "-o", str(LIBRARY)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
