@@ -3,7 +3,9 @@
 Layer tables: forward+backward (grad wrt input and params) of one FFN layer on `tokens` tokens, for the
 FLOP-matched dense FFN and Switch layers with E experts at capacity factors 1.0 and 1.25 for both buffer
 dispatch backends, and the dropless backend (no capacity factor) with the grouped matmul that
-`grouped_matmul='auto'` runs on this backend; then 8 and 128 experts again at 4x the tokens. Per-token
+`grouped_matmul='auto'` runs on this backend; then 8 and 128 experts again at 4x the tokens. The backend
+column names the expert path too (`expert_matmul='auto'`: native kernels, loop or batched dot); where the native
+kernels run, `scatter/xla` rows repeat scatter cf 1.0 on XLA's dot for comparison. Per-token
 FLOPs are the same for all rows (plus the router), so a flat column means the layer's cost does not grow
 with the number of experts. The goals compare the fastest backend at 128 experts with the fastest at 8
 (EXPERT_SCALING_GOALS).
@@ -147,6 +149,29 @@ def _switch_layer(moe: MoeConfig, d_model: int, d_ff: int) -> MoeFeedForward:
     return MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1, dtype=jnp.float32)
 
 
+def _expert_path(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> str:
+    """What the layer's expert_matmul resolves to for this config here: 'native', 'loop' or 'batched'."""
+    from switchrepro.moe import layer, routing
+    from switchrepro.native import expert_gemm
+
+    rows = tokens // moe.group_size * routing.expert_capacity(moe.group_size, moe.num_experts,
+                                                              moe.capacity_factor_train, moe.min_capacity,
+                                                              moe.capacity_rounding)
+    reason = expert_gemm.unsupported_reason((moe.num_experts, rows, d_model), (moe.num_experts, d_model, d_ff),
+                                            jnp.float32)
+    return layer.expert_matmul(moe.expert_matmul, rows, reason)
+
+
+def _xla_experts(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> MoeConfig:
+    """moe with the experts on XLA's dot: what expert_matmul='auto' ran before the native kernels."""
+    from switchrepro.moe import layer, routing
+
+    rows = tokens // moe.group_size * routing.expert_capacity(moe.group_size, moe.num_experts,
+                                                              moe.capacity_factor_train, moe.min_capacity,
+                                                              moe.capacity_rounding)
+    return dataclasses.replace(moe, expert_matmul=layer.expert_matmul("auto", rows, "compared without them"))
+
+
 def _backend_label(key: tuple) -> str:
     """'scatter cf 1.0' for a (backend, cf, ...) table key; the backend alone where cf is '-' (dropless)."""
     return key[0] + ("" if key[1] == "-" else f" cf {key[1]}")
@@ -164,6 +189,7 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
         echo(s)
 
     dropless = f"dropless/{grouped.resolve('auto')}"  # what MoeConfig.grouped_matmul='auto' runs here
+    native_experts = _expert_path(MoeConfig(num_experts=8, group_size=group_size), tokens, d_model, d_ff) == "native"
     goals = []
     for multiple, goal in EXPERT_SCALING_GOALS.items():
         n = tokens * multiple
@@ -171,8 +197,11 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
         counts = expert_counts if multiple == 1 else [e for e in (8, 128) if e in expert_counts]
         if not counts:
             continue
-        configs = [(backend, cf) for backend in ("scatter", "einsum") for cf in (1.0, 1.25)] if multiple == 1 \
-            else [("scatter", 1.0)]
+        # (dispatch, cf, experts on XLA's dot): the XLA rows show what the native kernels change
+        configs = [(backend, cf, False) for backend in ("scatter", "einsum") for cf in (1.0, 1.25)] \
+            if multiple == 1 else [("scatter", 1.0, False)]
+        if native_experts:
+            configs.append(("scatter", 1.0, True))
         out(f"## Layer forward+backward, {n} tokens, d_model {d_model}, d_ff {d_ff}, groups of {group_size}"
             f" ({jax.devices()[0].platform}, {jax.device_count()} device(s), median of {repeats})")
         out()
@@ -192,11 +221,15 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
                 fastest[key[2]] = (ms, key, step)
             return ms
 
-        for backend, cf in configs:
+        for backend, cf, on_xla in configs:
             for e in counts:
-                ms = timed((backend, cf, e), MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend,
-                                                       group_size=group_size))
-                out(f"| switch | {e} | {cf} | {backend} | {ms:.1f} | {ms / dense_ms:.2f} |")
+                moe = MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend, group_size=group_size)
+                if on_xla:
+                    moe = _xla_experts(moe, n, d_model, d_ff)
+                label = f"{backend}/xla" if on_xla else backend
+                ms = timed((label, cf, e), moe)
+                out(f"| switch | {e} | {cf} | {backend}/{_expert_path(moe, n, d_model, d_ff)} | {ms:.1f} | "
+                    f"{ms / dense_ms:.2f} |")
         for e in counts:  # no capacity: every token computed once, none dropped or padded
             ms = timed((dropless, "-", e), MoeConfig(num_experts=e, dispatch="dropless", grouped_matmul="auto",
                                                      group_size=group_size))
