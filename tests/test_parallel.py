@@ -88,13 +88,13 @@ def test_expert_parallel_layer_equals_one_device(cheap_compiles, layer_reference
         np.testing.assert_allclose(g1, g0, atol=1e-6, rtol=1e-5)
 
 
-def _layer_on_mesh_2x4_equals_one_device(cfg, seed):
+def _layer_on_mesh_2x4_equals_one_device(cfg, seed, d_model=32, d_ff=64):
     """Outputs, loss and gradients of `cfg`'s layer on a data=2,expert=4 mesh equal the one-device layer's."""
-    x = jax.random.normal(jax.random.PRNGKey(seed), (8, 16, 32))
-    params = MoeFeedForward(cfg, 32, 64).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
-    (l0, (y0, _)), g0 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64), params, x)
+    x = jax.random.normal(jax.random.PRNGKey(seed), (8, 16, d_model))
+    params = MoeFeedForward(cfg, d_model, d_ff).init({"params": jax.random.PRNGKey(1)}, x, deterministic=True)
+    (l0, (y0, _)), g0 = _layer_loss_and_grads(MoeFeedForward(cfg, d_model, d_ff), params, x)
     mesh = _mesh(2, 4)
-    (l1, (y1, _)), g1 = _layer_loss_and_grads(MoeFeedForward(cfg, 32, 64, mesh=mesh), params,
+    (l1, (y1, _)), g1 = _layer_loss_and_grads(MoeFeedForward(cfg, d_model, d_ff, mesh=mesh), params,
                                                jax.device_put(x, NamedSharding(mesh, parallel.BATCH)))
     np.testing.assert_allclose(y1, y0, atol=1e-6)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
@@ -109,6 +109,16 @@ def test_expert_parallel_top2_equals_one_device(cheap_compiles):
 def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
     """The CPU expert loop (custom VJP, uninitialised buffers) inside shard_map."""
     _layer_on_mesh_2x4_equals_one_device(dataclasses.replace(MESH_MOE, expert_matmul="loop"), 6)
+
+
+def test_expert_parallel_with_the_native_matmuls_equals_one_device(cheap_compiles):
+    """The native expert matmuls (an XLA FFI call and a custom VJP) inside shard_map: widths they can tile."""
+    from switchrepro.native import expert_gemm
+
+    reason = expert_gemm.unsupported_reason((1, 1, 64), (1, 64, 128), jnp.float32)
+    if reason:
+        pytest.skip(reason)
+    _layer_on_mesh_2x4_equals_one_device(dataclasses.replace(MESH_MOE, expert_matmul="native"), 7, 64, 128)
 
 
 def test_dropless_on_a_mesh_says_what_to_change(cheap_compiles):

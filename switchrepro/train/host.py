@@ -105,6 +105,7 @@ def describe() -> Dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc": _memory_policy,
         "native_buffers": native.status(),
+        "native_expert_matmul": native.gemm_status(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
