@@ -160,6 +160,20 @@ def test_choice_and_errors(monkeypatch):
     assert "CPU only" in expert_gemm.unsupported_reason((2, 8, 64), (2, 64, 64), jnp.float32)
 
 
+def test_library_builds_without_the_x86_kernels(tmp_path):
+    """On other architectures (no immintrin.h) the library must still build, for its uninitialised buffers: the
+    matmul handlers then only return errors and the CPU check says no."""
+    import ctypes
+
+    if not native.find_compiler():
+        pytest.skip("no C++ compiler here")
+    library = tmp_path / "portable.so"
+    native.build(library=library, flags=["-DSWITCHREPRO_X86=0"])
+    lib = ctypes.cdll.LoadLibrary(str(library))
+    assert lib.SwitchreproExpertGemmSupported() == 0
+    assert lib.SwitchreproUninitialized and lib.SwitchreproExpertGemmNN
+
+
 def test_switched_off_library_says_why(monkeypatch):
     monkeypatch.setattr(native, "_state", "off (SWITCHREPRO_NATIVE=0): buffers are zero-filled")
     reason = expert_gemm.unsupported_reason((2, 8, 64), (2, 64, 64), jnp.float32)

@@ -90,22 +90,24 @@ def find_compiler() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
-def build(compiler: Optional[str] = None) -> str:
-    """Compile SOURCES into LIBRARY; returns what happened (one line). Raises only on a failed
-    compilation with an available compiler."""
+def build(compiler: Optional[str] = None, library: Path = LIBRARY, flags: Sequence[str] = ()) -> str:
+    """Compile SOURCES into `library` (extra compiler `flags` for tests); returns what happened (one line).
+    Raises only on a failed compilation with an available compiler."""
     compiler = compiler or find_compiler()
     if not compiler:
         return "no C++ compiler found (set CXX or install g++): switchrepro runs without it, zero-filling buffers"
-    for old in [*HERE.glob("_native.*.so"), *HERE.glob("_uninitialized.*.so")]:  # the latter: before 2026-12-06
-        if old != LIBRARY:
-            old.unlink()
+    if library == LIBRARY:
+        for old in [*HERE.glob("_native.*.so"), *HERE.glob("_uninitialized.*.so")]:  # the latter: before 2026-12-06
+            if old != LIBRARY:
+                old.unlink()
     # -O3: the matmul micro-kernel's accumulators must stay in registers (fully unrolled loops).
-    cmd = [compiler, "-O3", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}",
-           *map(str, SOURCES), "-o", str(LIBRARY)]
+    cmd = [compiler, "-O3", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", *flags,
+           *map(str, SOURCES), "-o", str(library)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
-    return f"built {LIBRARY.relative_to(HERE.parent.parent)} with {compiler}"
+    where = library.relative_to(HERE.parent.parent) if library.is_relative_to(HERE.parent.parent) else library
+    return f"built {where} with {compiler}"
 
 
 def main() -> int:

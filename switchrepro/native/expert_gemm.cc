@@ -12,8 +12,18 @@
 // register (k-blocks of KC added in order), so results do not depend on the thread count.
 //
 // AVX-512F only: SwitchreproExpertGemmSupported() says whether this CPU has it; without it Python falls back
-// to XLA's dot (switchrepro/native/expert_gemm.py).
+// to XLA's dot (switchrepro/native/expert_gemm.py). On other architectures the file still compiles (the
+// library's other handler is needed there), with handlers that only return an error.
+#ifndef SWITCHREPRO_X86  // -DSWITCHREPRO_X86=0 builds the error-only handlers (a compile check elsewhere)
+#if defined(__x86_64__)
+#define SWITCHREPRO_X86 1
+#else
+#define SWITCHREPRO_X86 0
+#endif
+#endif
+#if SWITCHREPRO_X86
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -29,7 +39,19 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kNR = 64;   // columns of C per micro-tile: 4 AVX-512 vectors
+constexpr int kNR = 64;  // columns of C per micro-tile: 4 AVX-512 vectors
+
+enum class Kind { kNN, kTN, kNT };
+
+struct Problem {
+  Kind kind;
+  int64_t E, M, N, K;
+  const float* A;
+  const float* B;
+  float* C;
+};
+
+#if SWITCHREPRO_X86
 constexpr int kMR = 6;    // rows of C per micro-tile: 6 x 4 accumulators + 4 B vectors + 1 broadcast <= 32
 constexpr int kKC = 512;  // k-block: a [KC, 64] panel of B (128 KiB) stays in L2 across all rows of A
 
@@ -119,16 +141,6 @@ AVX512 void PackTransposed(const float* B, int64_t ldb, int64_t k0, int64_t kc, 
     }
 }
 
-enum class Kind { kNN, kTN, kNT };
-
-struct Problem {
-  Kind kind;
-  int64_t E, M, N, K;
-  const float* A;
-  const float* B;
-  float* C;
-};
-
 // Item = (expert, 64-column panel of C).
 AVX512 void RunItem(const Problem& p, int64_t item, float* panel) {
   const int64_t panels = p.N / kNR, e = item / panels, j = (item % panels) * kNR;
@@ -172,6 +184,7 @@ struct Work {
     }
   }
 };
+#endif  // SWITCHREPRO_X86
 
 ffi::Error Run(Kind kind, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                ffi::ResultBuffer<ffi::F32> c) {
@@ -191,6 +204,9 @@ ffi::Error Run(Kind kind, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Bu
     std::fill(p.C, p.C + p.E * p.M * p.N, 0.0f);
     return ffi::Error::Success();
   }
+#if !SWITCHREPRO_X86
+  return ffi::Error(ffi::ErrorCode::kUnimplemented, "expert_gemm: built without the x86-64 kernels");
+#else
   auto work = std::make_shared<Work>(p);
   static const int64_t max_helpers = [] {  // SWITCHREPRO_EXPERT_GEMM_THREADS=n: at most n threads per call
     const char* env = std::getenv("SWITCHREPRO_EXPERT_GEMM_THREADS");
@@ -201,6 +217,7 @@ ffi::Error Run(Kind kind, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Bu
   work->Drain();
   while (work->done.load(std::memory_order_acquire) < work->items) _mm_pause();
   return ffi::Error::Success();
+#endif
 }
 
 ffi::Error Nn(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c) {
@@ -215,7 +232,13 @@ ffi::Error Nt(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F3
 
 }  // namespace
 
-extern "C" int SwitchreproExpertGemmSupported() { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
+extern "C" int SwitchreproExpertGemmSupported() {
+#if SWITCHREPRO_X86
+  return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+  return 0;
+#endif
+}
 
 #define BINDING \
   ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
