@@ -15,7 +15,7 @@ install:
 	$(BIN)/python tools/install_t5.py
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip check
-	# the CPU helper for uninitialised buffers (switchrepro/native); without a C++ compiler it says so and goes on
+	# the CPU helpers (switchrepro/native: uninitialised buffers, expert matmuls); without a C++ compiler it says so and goes on
 	$(BIN)/python -m switchrepro.native
 	$(BIN)/python -m switchrepro.data.verify
 
