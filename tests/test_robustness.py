@@ -264,13 +264,18 @@ def test_readme_opens_with_purpose_set_up_and_a_table_reproduction():
 
 
 def test_bench_moe_tables_and_goals_agree(tmp_path):
-    """`bench moe` on tiny shapes: both token counts get a table, and each goal line's ratio is the
-    quotient of that table's own 128- and 8-expert times."""
+    """`bench moe` on tiny shapes: both token counts get a table, rows name their dispatch and expert path, and
+    each goal line's ratio is the quotient of that table's own fastest 128- and 8-expert times."""
     import re
 
-    from switchrepro import bench
+    import jax.numpy as jnp
 
-    text = bench.run_moe_bench([8, 128], repeats=1, whole_model_steps=1, tokens=256, d_model=8, d_ff=16,
+    from switchrepro import bench
+    from switchrepro.native import expert_gemm
+
+    d_model, d_ff = 64, 128  # widths the native expert matmuls take, where they run
+    native = not expert_gemm.unsupported_reason((8, 8, d_model), (8, d_model, d_ff), jnp.float32)
+    text = bench.run_moe_bench([8, 128], repeats=1, whole_model_steps=1, tokens=256, d_model=d_model, d_ff=d_ff,
                                group_size=128, pairs=3, echo=lambda s: None)
     tables = re.split(r"^## ", text, flags=re.M)
     layer = {int(t.split(" tokens")[0].split()[-1]): t for t in tables if t.startswith("Layer")}
@@ -279,9 +284,13 @@ def test_bench_moe_tables_and_goals_agree(tmp_path):
         times = {}
         for row in re.findall(r"^\| switch \| (\d+) \| ([^|]+) \| ([^|]+) \| ([\d.]+) \|", table, flags=re.M):
             times[(row[2].strip(), row[1].strip(), int(row[0]))] = float(row[3])
-        backends = {k[:2] for k in times}
-        assert ("dropless/blocks", "-") in backends and ("scatter", "1.0") in backends
-        assert len(backends) == (5 if n == 256 else 2)  # scatter/einsum x cf 1.0/1.25 + dropless; 4x: 2
+        dispatches = {(k[0].split("/")[0], k[1]) for k in times}
+        assert ("dropless", "-") in dispatches and ("scatter", "1.0") in dispatches
+        assert len(dispatches) == (5 if n == 256 else 2)  # scatter/einsum x cf 1.0/1.25 + dropless; 4x: 2
+        paths = {k[0] for k in times if k[0].startswith("scatter/") and k[1] == "1.0"}
+        # with the native matmuls, scatter cf 1.0 also runs on XLA's dot (loop or batched) for comparison
+        assert paths - {"scatter/native"} <= {"scatter/loop", "scatter/batched"}
+        assert ("scatter/native" in paths and len(paths) >= 2) if native else "scatter/native" not in paths
         best = {e: min(ms for k, ms in times.items() if k[2] == e) for e in (8, 128)}
         goal = re.search(rf"^- {n} tokens: .* = ([\d.]+)x by the table's medians; paired over 3 alternating steps "
                          rf"([\d.]+)x \(~95% interval ([\d.]+)-([\d.]+)\): (meets|misses|is on the line of) the "
