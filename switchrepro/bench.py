@@ -149,14 +149,21 @@ def _switch_layer(moe: MoeConfig, d_model: int, d_ff: int) -> MoeFeedForward:
     return MoeFeedForward(cfg=moe, d_model=d_model, d_ff=d_ff, activation="relu", init_scale=0.1, dtype=jnp.float32)
 
 
-def _expert_path(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> str:
-    """What the layer's expert_matmul resolves to for this config here: 'native', 'loop' or 'batched'."""
-    from switchrepro.moe import layer, routing
-    from switchrepro.native import expert_gemm
+def _buffer_rows(moe: MoeConfig, tokens: int) -> int:
+    """Rows per expert in a training step of `tokens` tokens (groups x capacity)."""
+    from switchrepro.moe import routing
 
-    rows = tokens // moe.group_size * routing.expert_capacity(moe.group_size, moe.num_experts,
+    return tokens // moe.group_size * routing.expert_capacity(moe.group_size, moe.num_experts,
                                                               moe.capacity_factor_train, moe.min_capacity,
                                                               moe.capacity_rounding)
+
+
+def _expert_path(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> str:
+    """What the layer's expert_matmul resolves to for this config here: 'native', 'loop' or 'batched'."""
+    from switchrepro.moe import layer
+    from switchrepro.native import expert_gemm
+
+    rows = _buffer_rows(moe, tokens)
     reason = expert_gemm.unsupported_reason((moe.num_experts, rows, d_model), (moe.num_experts, d_model, d_ff),
                                             jnp.float32)
     return layer.expert_matmul(moe.expert_matmul, rows, reason)
@@ -164,12 +171,10 @@ def _expert_path(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> str:
 
 def _xla_experts(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> MoeConfig:
     """moe with the experts on XLA's dot: what expert_matmul='auto' ran before the native kernels."""
-    from switchrepro.moe import layer, routing
+    from switchrepro.moe import layer
 
-    rows = tokens // moe.group_size * routing.expert_capacity(moe.group_size, moe.num_experts,
-                                                              moe.capacity_factor_train, moe.min_capacity,
-                                                              moe.capacity_rounding)
-    return dataclasses.replace(moe, expert_matmul=layer.expert_matmul("auto", rows, "compared without them"))
+    return dataclasses.replace(moe, expert_matmul=layer.expert_matmul("auto", _buffer_rows(moe, tokens),
+                                                                      "compared without them"))
 
 
 def _backend_label(key: tuple) -> str:
