@@ -169,7 +169,7 @@ def _expert_path(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> str:
     return layer.expert_matmul(moe.expert_matmul, rows, reason)
 
 
-def _xla_experts(moe: MoeConfig, tokens: int, d_model: int, d_ff: int) -> MoeConfig:
+def _xla_experts(moe: MoeConfig, tokens: int) -> MoeConfig:
     """moe with the experts on XLA's dot: what expert_matmul='auto' ran before the native kernels."""
     from switchrepro.moe import layer
 
@@ -230,7 +230,7 @@ def run_moe_bench(expert_counts: List[int], repeats: int = 5, whole_model_steps:
             for e in counts:
                 moe = MoeConfig(num_experts=e, capacity_factor_train=cf, dispatch=backend, group_size=group_size)
                 if on_xla:
-                    moe = _xla_experts(moe, n, d_model, d_ff)
+                    moe = _xla_experts(moe, n)
                 label = f"{backend}/xla" if on_xla else backend
                 ms = timed((label, cf, e), moe)
                 out(f"| switch | {e} | {cf} | {backend}/{_expert_path(moe, n, d_model, d_ff)} | {ms:.1f} | "
