@@ -2,7 +2,9 @@
 values, gradients, edge shapes, thread-count independence; and the MoE layer with them against the batched
 and looped layers (which tests/test_moe_layer.py checks against the for-loop oracle)."""
 
+import contextlib
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -97,13 +99,12 @@ print(hashlib.sha256(b"".join(np.asarray(o).tobytes() for o in outs)).hexdigest(
 def test_results_do_not_depend_on_the_thread_count():
     """Each output element is summed by one thread in k order: one thread per call and the default (the caller
     and XLA's pool) give equal bits."""
-    def digest(threads):
-        env = {**os.environ, "SWITCHREPRO_EXPERT_GEMM_THREADS": threads}
-        done = subprocess.run([sys.executable, "-c", _BITS], capture_output=True, text=True, env=env, check=True)
-        return done.stdout.strip()
-
-    one = digest("1")
-    assert len(one) == 64 and one == digest("")
+    env = {**os.environ, "SWITCHREPRO_EXPERT_GEMM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-c", _BITS], capture_output=True, text=True, env=env, check=True)
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):  # this process: the default, every thread of XLA's pool
+        exec(_BITS, {})
+    assert len(here.getvalue().strip()) == 64 and one.stdout.strip() == here.getvalue().strip()
 
 
 # --- the MoE layer -----------------------------------------------------------------------------------------
