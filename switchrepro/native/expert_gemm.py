@@ -20,13 +20,20 @@ Array = jax.Array
 COLUMN_MULTIPLE = 64  # the kernels write C in panels of 64 columns: d_model and d_ff must be multiples of it
 
 
-def unsupported_reason(x_shape, w_shape, dtype) -> str:
-    """'' when expert_matmul can run on these operands here, else why not (one line, says what to change)."""
+def unavailable_reason() -> str:
+    """'' when the kernels can run in this process (library loaded, AVX-512F, CPU backend), else why not."""
     state = native.gemm_status()
     if state != "loaded":
         return f"the native expert matmul is unavailable: {state}"
     if jax.default_backend() != "cpu":
         return f"the native expert matmul runs on CPU only; this backend is {jax.default_backend()}"
+    return ""
+
+
+def unsupported_reason(x_shape, w_shape, dtype) -> str:
+    """'' when expert_matmul can run on these operands here, else why not (one line, says what to change)."""
+    if reason := unavailable_reason():
+        return reason
     if jnp.dtype(dtype) != jnp.float32:
         return f"the native expert matmul is float32 only; the activations are {jnp.dtype(dtype).name}"
     k, f = w_shape[-2:]
