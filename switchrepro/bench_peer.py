@@ -445,7 +445,7 @@ def _worker_main(tool: str) -> None:
         os.sched_setaffinity(0, set(job["cores"]))  # before XLA / torch size their thread pools
     spec = PeerSpec(**job["spec"])
     if tool == "jax":
-        from switchrepro.train.host import keep_freed_memory
+        from switchrepro.backends.cpu.allocator import keep_freed_memory
 
         keep_freed_memory()  # as the `switchrepro` command does, before JAX starts its threads
         side = _JaxSide(spec, job["experts"])

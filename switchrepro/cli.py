@@ -29,9 +29,10 @@ from typing import List, Optional, Sequence
 import click
 
 from switchrepro import config as C
+from switchrepro.backends.cpu import allocator as _allocator
 from switchrepro.train import host as _host
 
-_host.keep_freed_memory()  # before JAX starts its threads; see its docstring
+_allocator.keep_freed_memory()  # before JAX starts its threads; see its docstring
 
 REPO = Path(__file__).resolve().parents[1]
 GIN_DIR = REPO / "gin"

@@ -1,4 +1,4 @@
-"""`host.keep_freed_memory`: XLA's per-step buffers stop page-faulting, and the numbers do not change.
+"""`allocator.keep_freed_memory`: XLA's per-step buffers stop page-faulting, and the numbers do not change.
 
 Each case runs in a fresh interpreter, because the malloc policy must be set before JAX starts its threads
 and cannot be undone in this (already JAX-importing) pytest process.
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # by default every call maps fresh pages and faults once per 4 KiB page.
 PROBE = r"""
 import json, os, resource, sys
+from switchrepro.backends.cpu import allocator
+applied = allocator.keep_freed_memory()
 from switchrepro.train import host
-applied = host.keep_freed_memory()
 import jax, jax.numpy as jnp, numpy as np
 w = jnp.asarray(np.random.default_rng(0).standard_normal((64, 512, 512), dtype=np.float32))
 step = jax.jit(jax.grad(lambda w: jnp.sum(jnp.tanh(w * 1.5) ** 2)))

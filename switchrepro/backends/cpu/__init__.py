@@ -1,0 +1,1 @@
+"""CPU-only speed paths: the allocator setting, the expert loop, the native kernels."""
