@@ -30,7 +30,6 @@ import click
 
 from switchrepro import config as C
 from switchrepro.backends.cpu import allocator as _allocator
-from switchrepro.train import host as _host
 
 _allocator.keep_freed_memory()  # before JAX starts its threads; see its docstring
 
