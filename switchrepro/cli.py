@@ -195,7 +195,7 @@ def _bound(gin, name: str) -> bool:
 
 def parse_table(name: str):
     """Parses gin/tables/<name>.gin into a TableSpec."""
-    from switchrepro.experiments import spec as S
+    from switchrepro.config import tables as S
 
     gin = _gin()
     if not getattr(_gin, "table_registered", False):

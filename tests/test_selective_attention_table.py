@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from switchrepro.cli import main
 from switchrepro.config import DataConfig, ExperimentConfig, ModelConfig
 from switchrepro.experiments import claims as C
-from switchrepro.experiments.spec import PruningSpec
+from switchrepro.config.tables import PruningSpec
 from switchrepro.model.t5 import init_params
 from switchrepro.train import pruning_eval
 from switchrepro.train.trainer import token_cross_entropy

@@ -1,6 +1,6 @@
 """What a paper table is, as plain data: rows, per-scale settings, seeds and the quality threshold.
 
-A table's gin file (gin/tables/<name>.gin) binds `TableSpec`; `switchrepro.cli` parses it and hands
+A table's gin file (gin/tables/<name>.gin) binds `TableSpec`; `switchrepro.config.gin` parses it and hands
 the runner this frozen dataclass, so the runner itself never sees gin.
 """
 
