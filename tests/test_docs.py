@@ -107,6 +107,15 @@ def test_every_module_of_the_package_is_in_the_layout():
     assert not absent, "modules missing from docs/architecture.md (add one line each):\n" + "\n".join(absent)
 
 
+def test_every_module_the_layout_names_exists():
+    """The reverse of the test above: a module that moved or went away leaves no line behind."""
+    layout = FENCE.sub("", (DOCS / "architecture.md").read_text(encoding="utf-8"))
+    modules = set(package_modules())
+    named = {name for span in CODE_SPAN.findall(layout) for name in re.findall(r"switchrepro(?:\.\w+)+", span)}
+    stale = sorted(name for name in named if name not in modules and name.rsplit(".", 1)[0] not in modules)
+    assert not stale, "docs/architecture.md names modules that do not exist:\n" + "\n".join(stale)
+
+
 def test_readme_results_block_matches_the_report():
     done = subprocess.run([sys.executable, str(REPO / "tools" / "readme_results.py"), "--check"],
                           capture_output=True, text=True)
