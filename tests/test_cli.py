@@ -174,7 +174,7 @@ def test_inspect_reports_ffn_branches_and_router_stability(trained):
 
 
 def test_inspect_same_checkpoint_twice_agrees_fully_and_bad_steps_are_refused(trained):
-    from switchrepro.cli import config_from_dict
+    from switchrepro.config.store import config_from_dict
     from switchrepro.data import cache as data_cache
     from switchrepro.train import inspect as inspect_lib
 
@@ -250,8 +250,7 @@ STUDENT = ["--gin-file", "models/tiny_dense.gin"] + [
 
 
 def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_root, tmp_path):
-    from switchrepro.cli import load_run_config
-    from switchrepro.experiments.runner import config_hash
+    from switchrepro.config.store import config_hash, load_run_config
 
     teacher_dir, _ = trained
     student_dir = tmp_path / "student"
@@ -264,7 +263,7 @@ def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_r
     assert saved["model"]["moe"] is None
     assert saved["distill"] == {"teacher": config_hash(load_run_config(teacher_dir)), "teacher_weight": 0.25,
                                 "temperature": 1.0, "init_from_teacher": True}
-    from switchrepro.cli import parse_config  # the saved operative config rebuilds the student's configuration
+    from switchrepro.api import parse_config  # the saved operative config rebuilds the student's configuration
 
     rebuilt = parse_config([str(student_dir / "config.gin")], [])[0]
     assert config_hash(rebuilt) == config_hash(load_run_config(student_dir))
@@ -309,8 +308,7 @@ FINETUNE = [*TINY[:-8], "--gin", "DataConfig.task = 'switchrepro_sentiment'",
 
 
 def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_path):
-    from switchrepro.cli import load_run_config
-    from switchrepro.experiments.runner import config_hash
+    from switchrepro.config.store import config_hash, load_run_config
 
     pre_dir, _ = trained
     run_dir = tmp_path / "ft"
@@ -321,7 +319,7 @@ def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_p
     assert "fine-tuning from the pre-trained run" in result.output and "peak validation score" in result.output
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["finetune"]["pretrained"] == config_hash(load_run_config(pre_dir))
-    from switchrepro.cli import parse_config  # the saved operative config rebuilds the run's configuration
+    from switchrepro.api import parse_config  # the saved operative config rebuilds the run's configuration
 
     assert config_hash(parse_config([str(run_dir / "config.gin")], [])[0]) == config_hash(load_run_config(run_dir))
     assert saved["model"]["dropout_rate"] == 0.1 and saved["model"]["moe"]["expert_dropout"] == 0.4

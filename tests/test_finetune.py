@@ -100,7 +100,7 @@ def test_decode_ids_bytes_literal():
 
 def test_finetune_config_validation_and_hash_compatibility():
     from switchrepro.config import ConfigError, ExperimentConfig, to_dict
-    from switchrepro.experiments.runner import config_hash
+    from switchrepro.config.store import config_hash
 
     with pytest.raises(ConfigError, match="pretrained"):
         FinetuneConfig().validate()

@@ -227,7 +227,7 @@ GIN_MODELS = sorted((Path(__file__).resolve().parents[1] / "gin" / "models").glo
 
 @pytest.mark.parametrize("path", GIN_MODELS, ids=lambda p: p.stem)
 def test_every_model_gin_parses(path):
-    from switchrepro.cli import parse_config
+    from switchrepro.api import parse_config
 
     cfg, operative = parse_config([str(path)], [])
     assert cfg.model.d_model > 0 and "ModelConfig" in operative
@@ -242,7 +242,7 @@ TINY_GIN = [p for p in GIN_MODELS if p.stem.startswith("tiny")]
 @pytest.mark.parametrize("path", TINY_GIN, ids=lambda p: p.stem)
 def test_tiny_gin_models_take_one_train_step(path):
     """Each tiny CPU config builds and takes one real Adafactor step on a batch of its own shapes."""
-    from switchrepro.cli import parse_config
+    from switchrepro.api import parse_config
     from switchrepro.train import trainer
 
     cfg, _ = parse_config([str(path)], ["DataConfig.batch_size = 2"])

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from switchrepro.cli import load_caches, main
+from switchrepro.api import load_caches
+from switchrepro.cli import main
 from switchrepro.config import MoeConfig
 from switchrepro.data import cache as data_cache
 from switchrepro.moe import parallel

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from switchrepro.cli import main, parse_config, parse_table
+from switchrepro.api import parse_config, parse_table
+from switchrepro.cli import main
 from switchrepro.experiments import runner
 from switchrepro.train.run_lock import Lock, run_dir_lock
 
@@ -269,7 +270,7 @@ def test_bench_moe_tables_and_goals_agree(tmp_path):
     import re
 
     from switchrepro import bench
-    from switchrepro.native import expert_gemm
+    from switchrepro.backends.cpu.native import expert_gemm
 
     d_model, d_ff = 64, 128  # widths the native expert matmuls take, where they run
     native = not expert_gemm.unavailable_reason()

@@ -1,15 +1,19 @@
 """`switchrepro run/plot/report` at smoke scale: the run -> collect -> plot path, resume, divergence."""
 
+import dataclasses
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from switchrepro.cli import main, parse_config, parse_table
-from switchrepro.experiments import runner
+from switchrepro.api import parse_config, parse_table
+from switchrepro.cli import main
+from switchrepro.config import ConfigError, store
+from switchrepro.experiments import runner, tables
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def test_every_table_parses_and_plans():
     for table in ("table1", "table2", "table3", "table11", "scaling", "multilingual"):
         spec = parse_table(table)
         for scale in ("smoke", "mini", "paper"):
-            runs = runner.plan(spec, scale, parse_config, runner_dir := __import__("pathlib").Path("/nonexistent"))
+            runs = runner.plan(spec, scale, parse_config, runner_dir := Path("/nonexistent"))
             assert len(runs) == len(spec.default_rows(scale)) * spec.seeds[scale]
             assert len({r.config_hash for r in runs}) == len(runs)  # every (row, seed) is its own run
             assert all(str(r.run_dir).startswith(str(runner_dir)) for r in runs)
@@ -38,7 +42,7 @@ def test_every_table_parses_and_plans():
 
 def test_table1_rows_configure_what_they_say():
     spec = parse_table("table1")
-    runs = {r.row.name: r.config for r in runner.plan(spec, "mini", parse_config, __import__("pathlib").Path("x"),
+    runs = {r.row.name: r.config for r in runner.plan(spec, "mini", parse_config, Path("x"),
                                                       seeds=1)}
     assert runs["T5-Base"].model.moe is None
     assert runs["MoE-Base cf1.25"].model.moe.router == "top2"
@@ -52,14 +56,14 @@ def test_table1_rows_configure_what_they_say():
     assert runs["Switch-Base cf1.0"].model.d_ff == 128 and runs["T5-Large"].model.d_model == 64
     assert {(c.data.task, c.model.vocab_size) for c in runs.values()} == {("switchrepro_byte_span20_corruption", 384)}
     assert {(c.data.batch_size, c.train.steps, c.train.cooldown_steps) for c in runs.values()} == {(64, 3000, 500)}
-    paper = {r.row.name: r.config for r in runner.plan(spec, "paper", parse_config, __import__("pathlib").Path("x"))}
+    paper = {r.row.name: r.config for r in runner.plan(spec, "paper", parse_config, Path("x"))}
     assert paper["T5-Large"].model.d_model > paper["T5-Base"].model.d_model
     assert {c.model.vocab_size for c in paper.values()} == {8192}
 
 
 def test_skipped_rows_run_only_when_named():
     spec = parse_table("scaling")
-    x = __import__("pathlib").Path("x")
+    x = Path("x")
     assert "Switch 128e" not in {r.row.name for r in runner.plan(spec, "mini", parse_config, x, seeds=1)}
     assert "Switch 128e" in {r.row.name for r in runner.plan(spec, "smoke", parse_config, x, seeds=1)}
     named = runner.plan(spec, "mini", parse_config, x, seeds=1, rows=["Switch 128e"])
@@ -94,9 +98,6 @@ def test_identical_run_of_another_table_is_reused_not_retrained(tmp_path):
 def test_committed_run_keys_are_reproduced_from_their_operative_configs():
     # A fresh clone reuses a committed run only if its key still hashes the same; options added since
     # (TrainConfig.cooldown_steps) are hashed only when set, so older runs keep their keys.
-    import dataclasses
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     logs = sorted(root.glob("results/mini/**/logs/*/*/config.gin"))  # the tables' and the calibration's
     assert logs
@@ -105,6 +106,25 @@ def test_committed_run_keys_are_reproduced_from_their_operative_configs():
         assert config_gin.parent.name.endswith("-" + runner.config_hash(cfg)), config_gin
     cooled = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cooldown_steps=cfg.train.steps // 5))
     assert runner.config_hash(cooled) != runner.config_hash(cfg)
+
+
+def test_a_recorded_expert_path_is_not_part_of_the_configuration(tmp_path):
+    # The trainer records the MoE expert path it resolved as a top-level "expert_path" in config.json: the
+    # saved configuration still loads, hashes as before, matches its run directory, and keeps the record.
+    config_gin = sorted(Path(__file__).resolve().parents[1].glob("results/mini/logs/table1/*/config.gin"))[0]
+    cfg, operative = parse_config([str(config_gin)], [])
+    run_dir = tmp_path / config_gin.parent.name
+    store.prepare_run_dir(cfg, operative, run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert "expert_path" not in saved and store.config_from_dict(saved) == cfg
+    (run_dir / "config.json").write_text(json.dumps({**saved, "expert_path": "loop"}))
+    loaded = store.load_run_config(run_dir)
+    assert loaded == cfg and run_dir.name.endswith("-" + store.config_hash(loaded))
+    store.prepare_run_dir(cfg, operative, run_dir)  # the same configuration: accepted, the record kept
+    assert json.loads((run_dir / "config.json").read_text())["expert_path"] == "loop"
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=cfg.train.steps + 1))
+    with pytest.raises(ConfigError, match="different configuration"):
+        store.prepare_run_dir(other, operative, run_dir)
 
 
 def test_a_run_finished_in_the_committed_logs_is_reused_on_a_fresh_clone(tmp_path):
@@ -293,12 +313,10 @@ def test_workers_refuse_what_they_cannot_do(dirs, tmp_path):
 
 
 def test_training_order_puts_the_positive_control_first_then_goes_seed_by_seed(tmp_path):
-    from switchrepro.experiments import claims
-
     runs = runner.plan(parse_table("scaling"), "mini", parse_config, tmp_path, seeds=3,
                        rows=["T5-Base", "Switch 2e", "Switch 4e", "T5-Large"])
-    control = claims.control_rows("scaling")
-    assert control == ["T5-Large", "T5-Base"] and claims.control_rows("table2") == []
+    control = tables.get("scaling").control_rows()
+    assert control == ["T5-Large", "T5-Base"] and tables.get("table2").control_rows() == []
     order = [(r.row.name, r.seed) for r in runner.training_order(runs, control)]
     assert order == [("T5-Base", 0), ("T5-Base", 1), ("T5-Base", 2), ("T5-Large", 0), ("T5-Large", 1),
                      ("T5-Large", 2), ("Switch 2e", 0), ("Switch 4e", 0), ("Switch 2e", 1), ("Switch 4e", 1),
@@ -307,8 +325,6 @@ def test_training_order_puts_the_positive_control_first_then_goes_seed_by_seed(t
 
 
 def test_apply_speed_takes_each_seeds_speed_from_its_timing_round():
-    import pandas as pd
-
     results = pd.DataFrame({"row": ["A", "A", "A", "B"], "seed": [0, 1, 2, 0], "final_step": [100] * 4,
                             "examples_per_sec": [1.0, 2.0, 3.0, 4.0], "wall_seconds": [9.0] * 4})
     curves = pd.DataFrame({"row": ["A", "A", "B"], "seed": [1, 1, 0], "step": [50, 100, 100],

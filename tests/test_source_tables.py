@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from switchrepro.cli import main, parse_config, parse_table
+from switchrepro.api import parse_config, parse_table
+from switchrepro.cli import main
+from switchrepro.config.tables import SCALES, from_gin_values
 from switchrepro.experiments import claims as C
 from switchrepro.experiments import report, runner
-from switchrepro.config.tables import SCALES, from_gin_values
 
 SOURCE_TABLES = ("table4", "table5", "table6", "table7", "table8")
 NOWHERE = Path("/nonexistent")

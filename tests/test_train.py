@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from switchrepro.cli import load_caches
+from switchrepro.api import load_caches
 from switchrepro.data import cache as data_cache
 from switchrepro.train import trainer
 from switchrepro.train.checkpoint import CheckpointError
@@ -97,7 +97,8 @@ def test_training_process_imports_no_tensorflow(tiny_experiment, caches, tmp_pat
     code = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from switchrepro.cli import config_from_dict, load_caches
+        from switchrepro.api import load_caches
+        from switchrepro.config.store import config_from_dict
         from switchrepro.train import trainer
         cfg = config_from_dict(json.loads({json.dumps(json.dumps(dataclasses.asdict(cfg)))}))
         tr, ev = load_caches(cfg, echo=lambda s: None)
@@ -220,6 +221,6 @@ def test_no_checkpoint_restores_is_one_short_error(reference_run, interrupted_ru
 
 
 def runner_status(run_dir):
-    from switchrepro.experiments.runner import PlannedRun, run_status
+    from switchrepro.experiments.planning import PlannedRun, run_status
 
     return run_status(PlannedRun(None, 0, None, "", "", run_dir))

@@ -19,7 +19,7 @@ import pandas as pd
 from switchrepro.config import ExperimentConfig
 from switchrepro.config.store import config_hash
 from switchrepro.config.tables import Row, TableSpec
-from switchrepro.model.decoder_only import build_model
+from switchrepro.model.build import build_model
 from switchrepro.model.t5 import dummy_batch
 from switchrepro.train.metrics_log import read_metrics
 from switchrepro.train.trainer import flops_per_token

@@ -189,3 +189,8 @@ def load_saved(results_dir: Path, scale: str, table: str):
     meta = read(f"{table}_meta.json", lambda p: json.loads(p.read_text()), {})
     return results, curves, loads, meta
 
+
+
+def has_results(results_dir: Path, scale: str, table: str) -> bool:
+    """Whether `save` has written `table` at `scale` under `results_dir`."""
+    return (Path(results_dir) / scale / f"{table}.csv").exists()
