@@ -227,8 +227,10 @@ def test_cache_shapes_and_packing_semantics(small_cache):
 
 
 def test_materialisation_is_byte_identical(small_cache, tmp_path):
-    cache.materialize(SPAN_CORRUPTION_TASK, "validation", out_dir=tmp_path, max_examples=N_SMALL,
-                      progress=False, **LENGTHS)
+    from switchrepro.data import materialize  # imports TensorFlow (seqio), as the subprocess does
+
+    materialize.materialize(SPAN_CORRUPTION_TASK, "validation", out_dir=tmp_path, max_examples=N_SMALL,
+                            progress=False, **LENGTHS)
     for k in cache.FEATURES:
         assert (tmp_path / f"{k}.npy").read_bytes() == (small_cache.path / f"{k}.npy").read_bytes(), k
 

@@ -10,8 +10,9 @@ import pytest
 from switchrepro.config import ModelConfig, MoeConfig
 from switchrepro.data import BYTE_LM_TASK, cache
 from switchrepro.data.corpus import iter_shard, shard_paths
-from switchrepro.model.decoder_only import DecoderOnly, build_model
-from switchrepro.model.t5 import Transformer, init_params
+from switchrepro.model.build import build_model, init_params
+from switchrepro.model.decoder_only import DecoderOnly
+from switchrepro.model.t5 import Transformer
 from switchrepro.train.trainer import flops_per_token
 
 

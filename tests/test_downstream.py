@@ -28,7 +28,9 @@ from switchrepro.data import (
     downstream_task_name,
     verify,
 )
-from switchrepro.data.build import _jsonl, gzip_bytes
+from switchrepro.data.build import downstream as build_downstream
+from switchrepro.data.build import pins
+from switchrepro.data.build.corpus import gzip_bytes, jsonl
 from switchrepro.data.corpus import iter_documents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,12 +60,12 @@ def test_sentiment_records_from_a_literal_fixture():
         {"id": "amazon/0000", "inputs": "sst2 sentence: Great phone!", "targets": "positive"},
         {"id": "amazon/0002", "inputs": "sst2 sentence: Bad battery.", "targets": "negative"},
     ]
-    all_train = downstream.sentiment_examples(fixtures, validation_fraction=0.0)
+    all_train = build_downstream.sentiment_examples(fixtures, validation_fraction=0.0)
     assert _by_id(all_train["train"]) == expected and all_train["validation"] == []
-    assert _by_id(downstream.sentiment_examples(fixtures, validation_fraction=1.0)["validation"]) == expected
-    half = downstream.sentiment_examples(fixtures, validation_fraction=0.5)
+    assert _by_id(build_downstream.sentiment_examples(fixtures, validation_fraction=1.0)["validation"]) == expected
+    half = build_downstream.sentiment_examples(fixtures, validation_fraction=0.5)
     assert _by_id(half["train"] + half["validation"]) == expected
-    assert downstream.sentiment_examples(fixtures, validation_fraction=0.5) == half  # deterministic
+    assert build_downstream.sentiment_examples(fixtures, validation_fraction=0.5) == half  # deterministic
 
 
 def test_spam_records_come_from_the_matching_corpus_split():
@@ -76,7 +78,7 @@ def test_spam_records_come_from_the_matching_corpus_split():
         {"id": "spamassassin/hard-ham-1/00003.cc", "source": "spamassassin", "text": "Your order shipped."},
         {"id": "spamassassin/spam-2/00004.dd", "source": "spamassassin", "text": "x" * 30 + " " + "y" * 30},
     ]
-    out = downstream.spam_examples(train_docs, validation_docs, max_train=10, max_chars=40)
+    out = build_downstream.spam_examples(train_docs, validation_docs, max_train=10, max_chars=40)
     assert _by_id(out["train"]) == [
         {"id": "spamassassin/easy-ham-1/00002.bb", "inputs": "spam email: Hi Bob, see you at 5.", "targets": "ham"},
         {"id": "spamassassin/spam-1/00001.aa", "inputs": "spam email: Buy now! Cheap pills.", "targets": "spam"},
@@ -86,7 +88,7 @@ def test_spam_records_come_from_the_matching_corpus_split():
         # cut at the word boundary before 40 characters
         {"id": "spamassassin/spam-2/00004.dd", "inputs": "spam email: " + "x" * 30, "targets": "spam"},
     ]
-    assert len(downstream.spam_examples(train_docs, validation_docs, max_train=1)["train"]) == 1
+    assert len(build_downstream.spam_examples(train_docs, validation_docs, max_train=1)["train"]) == 1
 
 
 def test_cloze_question_from_a_literal_paragraph():
@@ -94,7 +96,7 @@ def test_cloze_question_from_a_literal_paragraph():
     # too short to ask about, but stays in the context.
     doc = {"id": "brown/zz01", "source": "brown",
            "text": "It was not there on the table at all. She said so.\nNothing."}
-    assert downstream.cloze_questions(doc) == [{
+    assert build_downstream.cloze_questions(doc) == [{
         "id": "brown/zz01#0.1.0",
         "inputs": "question: It was not there on the _____ at all. context: It was not there on the table at all. "
                   "She said so.",
@@ -102,7 +104,7 @@ def test_cloze_question_from_a_literal_paragraph():
     }]
     text = ("The Senate passed the Voting Rights Act in 1965, after a long debate. Mr. Johnson signed it in "
             "August. Farmers in Iowa harvested record crops of corn and soybeans that year.")
-    records = downstream.cloze_questions({"id": "sotu/x", "source": "sotu", "text": text})
+    records = build_downstream.cloze_questions({"id": "sotu/x", "source": "sotu", "text": text})
     assert len(records) == 6  # two different blanks in each of the three sentences
     for r in records:
         question, context = r["inputs"][len("question: "):].split(" context: ")
@@ -116,7 +118,7 @@ def test_cloze_splits_by_document():
     docs = [{"id": f"brown/c{i:03d}", "source": "brown",
              "text": " ".join(sentence.format(w, d) for w, d in (("finance", "Monday"), ("school", "Friday")))}
             for i in range(12)]
-    out = downstream.cloze_examples(docs, validation_examples=8)
+    out = build_downstream.cloze_examples(docs, validation_examples=8)
     doc_of = lambda r: r["id"].split("#")[0]  # noqa: E731
     train_docs, validation_docs = {doc_of(r) for r in out["train"]}, {doc_of(r) for r in out["validation"]}
     assert train_docs and validation_docs and not train_docs & validation_docs
@@ -136,12 +138,12 @@ def test_wordnet_records_from_two_literal_data_lines():
     frump = {"id": "n10114209", "inputs": "trivia question: what is frump?",
              "targets": "a dull unattractive unpleasant girl or woman"}
     # Without the index: each lemma at the first synset that lists it, one record per synset.
-    out = downstream.wordnet_examples(data, train_size=10, validation_size=1)
+    out = build_downstream.wordnet_examples(data, train_size=10, validation_size=1)
     assert len(out["validation"]) == 1 and _by_id(out["train"] + out["validation"]) == [dog, frump]
     # With it: only a lemma's first sense, and only sense-tagged (common) lemmas: frump has no tagged sense.
     index = ["dog n 7 5 @ ~ #m #p %p 7 1 02084071 10114209 10023039 09886220 07676602 03901548 02710044  ",
              "frump n 1 1 @ 1 0 10114209  "]
-    out = downstream.wordnet_examples(data, index, train_size=10, validation_size=0)
+    out = build_downstream.wordnet_examples(data, index, train_size=10, validation_size=0)
     assert out == {"validation": [], "train": [dog]}
 
 
@@ -165,18 +167,18 @@ def test_embedded_files_match_the_manifest_and_counts():
 
 def test_committed_spam_and_cloze_rebuild_byte_identically_and_respect_the_corpus_split():
     train_docs, validation_docs = list(iter_documents("train")), list(iter_documents("validation"))
-    rebuilt = {"spam": downstream.spam_examples(train_docs, validation_docs),
-               "cloze_qa": downstream.cloze_examples(validation_docs)}
+    rebuilt = {"spam": build_downstream.spam_examples(train_docs, validation_docs),
+               "cloze_qa": build_downstream.cloze_examples(validation_docs)}
     for task, splits in rebuilt.items():
         for split, records in splits.items():
-            data = gzip_bytes(_jsonl(records), downstream.SETTINGS["gzip_level"])
+            data = gzip_bytes(jsonl(records), build_downstream.SETTINGS["gzip_level"])
             assert hashlib.sha256(data).hexdigest() == downstream.file_entry(task, split)["sha256"], (task, split)
 
     corpus_validation = {d["id"] for d in validation_docs}
     corpus_train = {d["id"] for d in train_docs}
     spam_validation = {r["id"] for r in downstream.iter_examples("spam", "validation")}
     # Exactly the held-out e-mails, none of which pre-training saw.
-    assert spam_validation == {i for i in corpus_validation if downstream.spam_label(i)}
+    assert spam_validation == {i for i in corpus_validation if build_downstream.spam_label(i)}
     assert not spam_validation & corpus_train
     assert {r["id"] for r in downstream.iter_examples("spam", "train")} <= corpus_train
 
@@ -197,7 +199,7 @@ def test_writing_is_deterministic(tmp_path):
         root = tmp_path / name
         (root / "downstream").mkdir(parents=True)
         (root / "manifest.json").write_bytes((EMBEDDED_DIR / "manifest.json").read_bytes())
-        manifest = downstream.write_downstream(examples, root)
+        manifest = build_downstream.write_downstream(examples, root)
         hashes.append([e["sha256"] for e in manifest["files"]])
         assert verify.verify_downstream(root) == {t: {"train": 1, "validation": 1} for t in DOWNSTREAM_TASKS}
         with gzip.open(root / "downstream" / "spam" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
@@ -251,11 +253,11 @@ def test_wrong_checksum_of_a_pinned_file_is_refused(tmp_path):
         (raw_dir / pin.file).write_bytes(b"not the published tarball")
 
     with pytest.raises(DataError, match="does not match the pinned 89302eb03d20"):
-        downstream.fetch_pinned(downstream.SENTIMENT_PIN, tmp_path, download=fake_download)
-    bad = tmp_path / downstream.WORDNET_PIN.file
+        pins.fetch_pinned(pins.SENTIMENT_PIN, tmp_path, download=fake_download)
+    bad = tmp_path / pins.WORDNET_PIN.file
     bad.write_bytes(b"junk")
     with pytest.raises(DataError, match="does not match the pinned 61060d960f9a"):
-        downstream.check_pinned(downstream.WORDNET_PIN, bad)
+        pins.check_pinned(pins.WORDNET_PIN, bad)
 
 
 # --------------------------------------------------------------------------- metrics (T5's)

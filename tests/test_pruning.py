@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from switchrepro.config import ModelConfig
+from switchrepro.model.build import init_params
 from switchrepro.model.pruning import eviction_slot, score_with_budget
-from switchrepro.model.t5 import init_params, relative_position_bucket
+from switchrepro.model.t5 import relative_position_bucket
 
 
 def _model(attention, layers=2):

@@ -1,15 +1,19 @@
 """Data stage: an embedded English corpus, its vocabulary, seqio tasks and a TF-free cache.
 
-Layout (top to bottom):
-  sources.py  pinned npm tarballs and one text iterator per source
-  build.py    raw tarballs -> cleaned, deduplicated, shuffled gz shards + manifest.json
-  vocab.py    SentencePiece model with T5 id conventions (trained by build.py)
+Layout (run time, top to bottom):
   corpus.py   TF-free reading of the embedded shards and manifest
+  vocab.py    SentencePiece model with T5 id conventions (TF-free loading; seqio's view for the tasks)
   verify.py   re-hash the committed artefacts (`python -m switchrepro.data.verify`)
-  downstream.py  offline fine-tuning tasks (sentiment, spam, cloze_qa, wordnet_qa): builders of the
-              embedded files under embedded/downstream/ and T5's metrics (scored in a subprocess)
-  tasks.py    seqio tasks (the only module, with cache materialisation, that imports TF)
-  cache.py    packed numpy arrays materialised once in a subprocess; TF-free loader
+  downstream.py  offline fine-tuning tasks (sentiment, spam, cloze_qa, wordnet_qa): reading the embedded
+              files under embedded/downstream/ and T5's metrics (scored in a subprocess)
+  multilingual.py  the embedded UDHR corpus: records, language codes, mT5's language sampling
+  tfprocess.py  running the TensorFlow subprocesses (materialisation, scoring) from a TF-free process
+  tasks.py    seqio tasks (imports TF; with materialize.py, the only modules that do)
+  materialize.py  a task split -> numpy arrays, run as a subprocess by cache.ensure_cache
+  cache.py    cache keys, the materialising subprocess's start, and the TF-free loader and batches
+
+Build time: build/ (sources, corpus shards, vocabulary training, pins, the downstream and multilingual
+builders; `switchrepro data build`). Nothing at run time imports it.
 
 This package's __init__ imports nothing heavy: the training path must never pull in
 TensorFlow.

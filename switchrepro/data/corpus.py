@@ -33,6 +33,16 @@ def manifest_sha256(root: Optional[Path] = None) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (verify re-hashes the committed files with it; the build
+    checks its pinned downloads)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def shard_paths(split: str, root: Optional[Path] = None) -> List[Path]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; the embedded corpus has {SPLITS}")

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from switchrepro.data import DataError, cache_root
-from switchrepro.data.corpus import embedded_dir, load_manifest, manifest_sha256
-from switchrepro.data.sources import sha256_file
+from switchrepro.data import DataError, cache_root, downstream, multilingual
+from switchrepro.data.corpus import embedded_dir, load_manifest, manifest_sha256, sha256_file
 
 _REBUILD = "restore it with `git checkout -- switchrepro/data/embedded` or rebuild with `switchrepro data build`"
 
@@ -57,8 +56,6 @@ def verify_embedded(root: Optional[Path] = None) -> dict:
 
 def verify_multilingual(root: Optional[Path] = None) -> dict:
     """Re-hash the multilingual corpus files; return multilingual_counts()."""
-    from switchrepro.data import multilingual
-
     root = embedded_dir(root)
     manifest = multilingual.load_manifest(root)
     _check_listed(root, manifest["files"], "multilingual/*.jsonl.gz", multilingual.MANIFEST)
@@ -73,17 +70,14 @@ def multilingual_counts(manifest: dict) -> dict:
 
 def verify_downstream(root: Optional[Path] = None) -> dict:
     """Re-hash every downstream task file; return {task: {split: examples}}."""
-    from switchrepro.data.downstream import MANIFEST as DOWNSTREAM_MANIFEST
-    from switchrepro.data.downstream import load_downstream_manifest
-
     root = embedded_dir(root)
-    manifest = load_downstream_manifest(root)
+    manifest = downstream.load_downstream_manifest(root)
     if manifest.get("corpus_manifest_sha256") != manifest_sha256(root):
-        raise DataError(f"{root / DOWNSTREAM_MANIFEST} was built from another corpus (its corpus_manifest_sha256 "
+        raise DataError(f"{root / downstream.MANIFEST} was built from another corpus (its corpus_manifest_sha256 "
                         "differs from manifest.json's sha256); rebuild it with `python -m "
-                        "switchrepro.data.downstream build`, or restore both with `git checkout -- "
+                        "switchrepro.data.build --only downstream`, or restore both with `git checkout -- "
                         "switchrepro/data/embedded`")
-    _check_listed(root, manifest["files"], "downstream/*/*.jsonl.gz", DOWNSTREAM_MANIFEST)
+    _check_listed(root, manifest["files"], "downstream/*/*.jsonl.gz", downstream.MANIFEST)
     counts: dict = {}
     for e in manifest["files"]:
         counts.setdefault(e["task"], {})[e["split"]] = e["examples"]
@@ -112,17 +106,13 @@ def info(root: Optional[Path] = None, cache_dir: Optional[str] = None) -> dict:
     root = embedded_dir(root)
     out = summary(load_manifest(root))
     try:  # counts only (verify_embedded re-hashes the files)
-        from switchrepro.data.downstream import load_downstream_manifest
-
-        files = load_downstream_manifest(root)["files"]
+        files = downstream.load_downstream_manifest(root)["files"]
         out["downstream"] = {}
         for e in files:
             out["downstream"].setdefault(e["task"], {})[e["split"]] = e["examples"]
     except DataError:
         out["downstream"] = {}
     try:
-        from switchrepro.data import multilingual
-
         out["multilingual"] = multilingual_counts(multilingual.load_manifest(root))
     except DataError:
         out["multilingual"] = {}

@@ -25,10 +25,9 @@ from switchrepro.model.t5 import (
     RelativePositionBias,
     RMSNorm,
     SelfAttentionLayer,
-    Transformer,
-    _segment_mask,
     attention_bias,
     dense,
+    segment_mask,
 )
 
 Array = jax.Array
@@ -61,7 +60,7 @@ class DecoderOnly(nn.Module):
         tokens = batch["decoder_input_tokens"]
         segments = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(jnp.int32))
         length = tokens.shape[1]
-        mask = _segment_mask(segments, segments) & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        mask = segment_mask(segments, segments) & jnp.tril(jnp.ones((length, length), bool))[None, None]
         bias = attention_bias(mask, self.relpos(length, length))
         selection = (mask[:, 0], segment_starts(segments)) if self.cfg.attention == "selective" else None
         x = self.dropout(self.embed(tokens), deterministic=deterministic)
@@ -74,7 +73,3 @@ class DecoderOnly(nn.Module):
         logits = self.embed.attend(x) / np.sqrt(self.cfg.d_model) if self.cfg.tie_embeddings else self.logits_dense(x)
         return logits.astype(jnp.float32), metrics
 
-
-def build_model(cfg: ModelConfig, mesh: Any = None) -> nn.Module:
-    """The model ModelConfig.architecture names: Transformer (encoder-decoder) or DecoderOnly."""
-    return DecoderOnly(cfg, mesh=mesh) if cfg.architecture == "decoder_only" else Transformer(cfg, mesh=mesh)

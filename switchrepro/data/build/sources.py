@@ -2,7 +2,7 @@
 
 Each source yields `(doc_id, text)` pairs in a fixed order (sorted member names), with
 paragraphs separated by blank lines. Whitespace normalisation, length filtering and
-de-duplication happen later, in build.py, identically for every source.
+de-duplication happen later, in corpus.py, identically for every source.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
-import hashlib
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
 from switchrepro.data import DataError
+from switchrepro.data.corpus import sha256_file
 
 Doc = Tuple[str, str]
 
@@ -205,14 +205,6 @@ SOURCES_BY_NAME: Dict[str, Source] = {s.name: s for s in SOURCES}
 
 
 # --------------------------------------------------------------------------- fetching
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(raw_dir: Path) -> Dict[str, Path]:
