@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from switchrepro.experiments import claims as C
-from switchrepro.experiments.paper import TABLES, load_paper_table
+from switchrepro.experiments import stats as S
+from switchrepro.experiments import tables as T
+from switchrepro.experiments.paper import load_paper_table
+from switchrepro.experiments.tables import scaling as SC
+
+TABLE_CLAIMS = {name: T.get(name).claims() for name in T.NAMES}
 
 NAN = math.nan
 
@@ -31,7 +36,7 @@ def curves(runs: dict) -> pd.DataFrame:
 
 
 def verdict(claim: C.Claim, res: pd.DataFrame, cur: pd.DataFrame | None = None, threshold=None) -> C.Verdict:
-    (v,) = C.evaluate_claims("t", res, cur, threshold=threshold, claims=[claim])
+    (v,) = C.evaluate_claims("t", [claim], res, cur, threshold=threshold)
     return v
 
 
@@ -39,7 +44,7 @@ def verdict(claim: C.Claim, res: pd.DataFrame, cur: pd.DataFrame | None = None, 
 
 
 def test_summarize_excludes_diverged_seeds_and_uses_sample_std():
-    s = C.summarize(results({"a": [-1.0, -1.2, None], "b": [-2.0]}))
+    s = S.summarize(results({"a": [-1.0, -1.2, None], "b": [-2.0]}))
     assert list(s.index) == ["a", "b"]
     assert s.at["a", "n_seeds"] == 3 and s.at["a", "n_diverged"] == 1 and s.at["a", "n_ok"] == 2
     assert s.at["a", "nlp_mean"] == pytest.approx(-1.1)
@@ -49,7 +54,7 @@ def test_summarize_excludes_diverged_seeds_and_uses_sample_std():
 
 def test_diverged_at_alone_marks_a_run_diverged():
     res = pd.DataFrame({"row": ["a", "a"], "seed": [0, 1], "final_nlp": [-1.0, -9.0], "diverged_at": [NAN, 120.0]})
-    s = C.summarize(res)
+    s = S.summarize(res)
     assert s.at["a", "n_diverged"] == 1 and s.at["a", "nlp_mean"] == -1.0
 
 
@@ -89,7 +94,7 @@ def test_beats_on_speed():
 def test_rows_missing_is_inconclusive():
     res = results({"argmax": [-1.5, -1.5], "input_jitter": [-1.4, -1.41]})
     res["table"] = "table11"
-    verdicts = {v.claim_id: v for v in C.evaluate_claims("table11", res, None)}
+    verdicts = {v.claim_id: v for v in T.get("table11").evaluate(res, None)}
     assert verdicts["t11-jitter-beats-argmax"].status == "reproduced"
     missing = verdicts["t11-jitter-beats-sample-softmax"]
     assert missing.status == "inconclusive" and missing.detail == "rows missing: sample_softmax"
@@ -154,17 +159,17 @@ CURVE = [(100, 10.0, -3.0), (200, 30.0, -2.0), (300, 70.0, -1.0)]
 
 def test_steps_and_time_to_threshold_interpolate_linearly():
     cur = curves({("a", 0): CURVE})
-    assert C.steps_to_threshold(cur, -1.5)["steps_to_threshold"].tolist() == [250.0]
-    assert C.time_to_threshold(cur, -1.5)["time_to_threshold"].tolist() == [50.0]  # 30 + 0.5 * 40
-    assert C.steps_to_threshold(cur, -2.75)["steps_to_threshold"].tolist() == [125.0]
-    assert C.steps_to_threshold(cur, -3.5)["steps_to_threshold"].tolist() == [100.0]  # first evaluation
-    assert math.isnan(C.steps_to_threshold(cur, -0.5)["steps_to_threshold"].iloc[0])  # never reached
+    assert S.steps_to_threshold(cur, -1.5)["steps_to_threshold"].tolist() == [250.0]
+    assert S.time_to_threshold(cur, -1.5)["time_to_threshold"].tolist() == [50.0]  # 30 + 0.5 * 40
+    assert S.steps_to_threshold(cur, -2.75)["steps_to_threshold"].tolist() == [125.0]
+    assert S.steps_to_threshold(cur, -3.5)["steps_to_threshold"].tolist() == [100.0]  # first evaluation
+    assert math.isnan(S.steps_to_threshold(cur, -0.5)["steps_to_threshold"].iloc[0])  # never reached
 
 
 def test_summary_threshold_columns_count_seeds_that_reached():
     cur = curves({("a", 0): CURVE, ("a", 1): [(100, 10.0, -3.0), (200, 30.0, -1.6), (300, 70.0, -1.4)],
                   ("b", 0): [(100, 10.0, -3.0), (300, 70.0, -2.0)]})
-    s = C.summarize(results({"a": [-1.0, -1.4], "b": [-2.0]}), cur, threshold=-1.5)
+    s = S.summarize(results({"a": [-1.0, -1.4], "b": [-2.0]}), cur, threshold=-1.5)
     assert s.at["a", "n_reached"] == 2 and s.at["b", "n_reached"] == 0
     assert s.at["a", "steps_to_threshold_mean"] == pytest.approx((250.0 + 250.0) / 2)
     assert s.at["a", "time_to_threshold_mean"] == pytest.approx((50.0 + 50.0) / 2)
@@ -176,16 +181,16 @@ def test_step_speedup_matches_footnote_9():
     slow = [(100, 1.0, -5.0), (400, 4.0, -1.6)]
     cur = curves({("base", 0): base, ("fast", 0): fast, ("slow", 0): slow})
     # base reaches its final -1.5 at step 400; fast reaches -1.5 at 200 + 0.5 * 100 = 250.
-    assert C.step_speedup(cur, "base", "fast") == pytest.approx(400 / 250)
-    assert C.time_speedup(cur, "base", "fast") == pytest.approx(4.0 / 2.5)
-    assert math.isnan(C.step_speedup(cur, "base", "slow"))
+    assert S.step_speedup(cur, "base", "fast") == pytest.approx(400 / 250)
+    assert S.time_speedup(cur, "base", "fast") == pytest.approx(4.0 / 2.5)
+    assert math.isnan(S.step_speedup(cur, "base", "slow"))
 
 
 def test_step_speedup_uses_the_seed_mean_curves():
     cur = curves({("base", 0): [(100, 1.0, -3.0), (200, 2.0, -2.0)], ("base", 1): [(100, 1.0, -3.2), (200, 2.0, -2.2)],
                   ("row", 0): [(100, 1.0, -2.0), (200, 2.0, -1.0)], ("row", 1): [(100, 1.0, -2.2), (200, 2.0, -1.2)]})
     # mean base ends at -2.1 (step 200); mean row is -2.1 at step 100: speedup 2.
-    assert C.step_speedup(cur, "base", "row") == pytest.approx(2.0)
+    assert S.step_speedup(cur, "base", "row") == pytest.approx(2.0)
     res = results({"base": [-2.0, -2.2], "row": [-1.0, -1.2]})
     v = verdict(C.speedup("base", ["big", "row"]), res, cur)
     assert v.status == "reproduced" and v.margin == pytest.approx(1.0)
@@ -221,23 +226,23 @@ def test_best_of_time_to_threshold():
 def test_default_threshold_is_reached_by_every_sparse_run():
     cur = curves({("Switch-Base cf1.0", 0): CURVE, ("MoE-Base cf1.0", 0): [(100, 1.0, -3.0), (200, 2.0, -1.8)],
                   ("T5-Base", 0): [(100, 1.0, -3.0), (200, 2.0, -2.5)]})
-    assert C.default_threshold("table1", cur) == -1.8
-    assert C.default_threshold("table2", cur) is None
+    assert S.default_threshold(cur, T.get("table1").threshold_rows) == -1.8
+    assert S.default_threshold(cur, T.get("table2").threshold_rows) is None
 
 
 def test_table_claims_cover_the_five_tables_with_unique_ids():
-    assert set(C.TABLE_CLAIMS) == set(TABLES)
-    ids = [c.id for claims in C.TABLE_CLAIMS.values() for c in claims]
+    assert set(TABLE_CLAIMS) == set(T.NAMES)
+    ids = [c.id for claims in TABLE_CLAIMS.values() for c in claims]
     assert len(ids) == len(set(ids))
 
 
 def test_every_table_claim_runs_on_a_full_literal_table():
-    rows = [r for claim in C.TABLE_CLAIMS["scaling"] for r in claim.rows] + list(C.SCALING_EXPERTS)
+    rows = [r for claim in TABLE_CLAIMS["scaling"] for r in claim.rows] + list(SC.EXPERTS)
     rng = np.random.default_rng(0)
     res = results({r: list(-2.0 + rng.normal(0, 0.01, 3)) for r in dict.fromkeys(rows)})
     res["table"] = "scaling"
-    verdicts = C.evaluate_claims("scaling", res, None)
-    assert len(verdicts) == len(C.TABLE_CLAIMS["scaling"])
+    verdicts = T.get("scaling").evaluate(res, None)
+    assert len(verdicts) == len(TABLE_CLAIMS["scaling"])
     assert all(v.status in C.STATUSES for v in verdicts)
 
 
@@ -279,23 +284,23 @@ def test_failed_positive_control_marks_the_other_verdicts_regime_invalid():
     switch = C.beats("Switch 8e", "T5-Base", claim_id="switch")
     # Control inconclusive (margin 0.01, spread 0.1): the Switch verdict, reproduced on its own, is invalid.
     res = _scaling_literal([-2.0, -2.2, -2.1], [-2.1, -2.11, -2.12], [-1.5, -1.51, -1.52])
-    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", res, None, claims=[control, switch])}
+    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", [control, switch], res, None)}
     assert by_id["control"].status == C.INCONCLUSIVE
     assert by_id["switch"].status == C.REGIME_INVALID
     assert by_id["switch"].detail.startswith("positive control control is inconclusive; as judged alone: reproduced;")
     assert by_id["switch"].margin == pytest.approx(0.6)  # the numbers are kept
     # Control reproduced (margin 0.5, spread 0.01): verdicts stand as judged.
     res = _scaling_literal([-1.6, -1.61, -1.62], [-2.1, -2.11, -2.12], [-2.3, -2.31, -2.32])
-    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", res, None, claims=[control, switch])}
+    by_id = {v.claim_id: v for v in C.evaluate_claims("scaling", [control, switch], res, None)}
     assert by_id["control"].status == C.REPRODUCED and by_id["switch"].status == C.NOT_REPRODUCED
 
 
 def test_table1_and_scaling_open_with_the_larger_dense_control():
     for table in ("table1", "scaling"):
-        first = C.TABLE_CLAIMS[table][0]
+        first = TABLE_CLAIMS[table][0]
         assert first.control and first.rows == ("T5-Large", "T5-Base")
-        assert sum(c.control for c in C.TABLE_CLAIMS[table]) == 1
-    assert not any(c.control for t in ("table2", "table3", "table11") for c in C.TABLE_CLAIMS[t])
+        assert sum(c.control for c in TABLE_CLAIMS[table]) == 1
+    assert not any(c.control for t in ("table2", "table3", "table11") for c in TABLE_CLAIMS[t])
 
 
 def test_margin_by_step_applies_the_beats_rule_at_every_evaluation():
@@ -314,9 +319,9 @@ def test_margin_by_step_applies_the_beats_rule_at_every_evaluation():
 
 def test_gain_retained_literal():
     # dense -2.0, teacher -1.6 (gain 0.4), student -1.88: keeps 0.12 / 0.4 = 30%.
-    assert C.gain_retained(-1.88, -2.0, -1.6) == pytest.approx(0.3)
-    assert C.gain_retained(-2.1, -2.0, -1.6) == pytest.approx(-0.25)  # the student lost quality
-    assert math.isnan(C.gain_retained(-1.9, -2.0, -2.0)) and math.isnan(C.gain_retained(-1.9, -2.0, -2.1))
+    assert S.gain_retained(-1.88, -2.0, -1.6) == pytest.approx(0.3)
+    assert S.gain_retained(-2.1, -2.0, -1.6) == pytest.approx(-0.25)  # the student lost quality
+    assert math.isnan(S.gain_retained(-1.9, -2.0, -2.0)) and math.isnan(S.gain_retained(-1.9, -2.0, -2.1))
 
 
 def test_distillation_claim_reads_teacher_not_ahead_unless_the_teacher_beats_dense():
@@ -324,15 +329,15 @@ def test_distillation_claim_reads_teacher_not_ahead_unless_the_teacher_beats_den
     keeps = C.distillation_keeps_gain("Student", "Dense", "Switch", teacher_claim="teacher-ahead", claim_id="keeps")
     # Teacher ahead (margin 0.4, spread 0.01); student ahead of dense by 0.12: reproduced, keeping 30%.
     res = results({"Dense": [-2.0, -2.01, -1.99], "Switch": [-1.6, -1.61, -1.59], "Student": [-1.88, -1.89, -1.87]})
-    by_id = {v.claim_id: v for v in C.evaluate_claims("t", res, claims=[teacher, keeps])}
+    by_id = {v.claim_id: v for v in C.evaluate_claims("t", [teacher, keeps], res)}
     assert by_id["teacher-ahead"].status == C.REPRODUCED and by_id["keeps"].status == C.REPRODUCED
     assert "share of the teacher's gain kept: 30%" in by_id["keeps"].detail
     # Teacher level with dense: the student's own (reproduced) margin says nothing about distillation.
     res = results({"Dense": [-2.0, -2.01, -1.99], "Switch": [-2.0, -2.02, -1.98], "Student": [-1.88, -1.89, -1.87]})
-    by_id = {v.claim_id: v for v in C.evaluate_claims("t", res, claims=[teacher, keeps])}
+    by_id = {v.claim_id: v for v in C.evaluate_claims("t", [teacher, keeps], res)}
     assert by_id["teacher-ahead"].status == C.INCONCLUSIVE
     assert by_id["keeps"].status == C.TEACHER_NOT_AHEAD
     assert by_id["keeps"].detail.startswith("teacher claim teacher-ahead is inconclusive; as judged alone: reproduced;")
     # The teacher claim not evaluated at all (not in the list): also not ahead.
-    (alone,) = C.evaluate_claims("t", res, claims=[keeps])
+    (alone,) = C.evaluate_claims("t", [keeps], res)
     assert alone.status == C.TEACHER_NOT_AHEAD and "missing" in alone.detail

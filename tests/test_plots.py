@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from switchrepro.experiments import claims as C
 from switchrepro.experiments import report as R
+from switchrepro.experiments import stats as S
+from switchrepro.experiments import tables as T
 from switchrepro.experiments.paper import load_paper_table
+from switchrepro.experiments.tables import scaling as SC
+from switchrepro.experiments.tables import table1 as T1
 from switchrepro.plots import figures as F
 
 SCALING_ROWS = {"T5-Base": (-2.0, 1e6), "Switch 2e": (-1.95, 2e6), "Switch 8e": (-1.9, 8e6),
@@ -52,24 +55,26 @@ def test_pareto_front_on_a_literal_example():
 
 def test_scaling_figures(tmp_path):
     res, cur = frames("scaling", SCALING_ROWS)
-    summary = C.summarize(res)
-    assert_written(F.quality_vs_params(summary, tmp_path), ["scaling_quality_vs_params"])
-    assert_written(F.quality_vs_step(cur, tmp_path, rows=["T5-Base", "Switch 64e"]), ["scaling_quality_vs_step"])
-    assert_written(F.quality_vs_time(cur, tmp_path), ["scaling_quality_vs_time"])
-    assert_written(F.vs_larger_dense(cur, tmp_path), ["scaling_vs_larger_dense"])
-    assert F.largest_switch(["T5-Base", "Switch 8e", "Switch 128e"]) == "Switch 128e"
-    assert F.largest_switch(["Switch 128e", "Switch 64e"]) == "Switch 64e"
+    summary = S.summarize(res)
+    assert_written(SC.quality_vs_params(summary, tmp_path), ["scaling_quality_vs_params"])
+    assert_written(F.quality_vs_step(S.mean_curves(cur, ["T5-Base", "Switch 64e"]), tmp_path, prefix="scaling"),
+                   ["scaling_quality_vs_step"])
+    assert_written(F.quality_vs_time(S.mean_curves(cur), tmp_path, prefix="scaling"), ["scaling_quality_vs_time"])
+    assert_written(SC.vs_larger_dense(cur, tmp_path), ["scaling_vs_larger_dense"])
+    assert SC.largest_switch(["T5-Base", "Switch 8e", "Switch 128e"]) == "Switch 128e"
+    assert SC.largest_switch(["Switch 128e", "Switch 64e"]) == "Switch 64e"
 
 
 def test_table_figures(tmp_path):
     res, _ = frames("table1", TABLE1_ROWS)
-    summary = C.summarize(res)
-    assert_written(F.speed_quality(summary, tmp_path), ["table1_speed_quality"])
+    summary = S.summarize(res)
+    assert_written(T1.speed_quality(summary, tmp_path), ["table1_speed_quality"])
     loads = {"Switch-Base cf1.0": {"encoder/moe_0": [0.5, 0.25, 0.25, 0.0], "decoder/moe_0": [0.25] * 4},
              "MoE-Base cf1.0": {}}
-    assert_written(F.expert_load_heatmaps(loads, tmp_path), ["table1_expert_load_Switch-Base_cf1.0".replace("-", "_")])
+    assert_written(F.expert_load_heatmaps(loads, tmp_path, prefix="table1"),
+                   ["table1_expert_load_Switch-Base_cf1.0".replace("-", "_")])
     res2, _ = frames("table2", {"float32": -2.0, "bfloat16": -2.0, "selective": -2.0}, diverged=("bfloat16",))
-    assert_written(F.final_quality_bars(C.summarize(res2), tmp_path, prefix="table2"), ["table2_final_quality"])
+    assert_written(F.final_quality_bars(S.summarize(res2), tmp_path, prefix="table2"), ["table2_final_quality"])
 
 
 @pytest.mark.parametrize("table, expected", [
@@ -81,7 +86,7 @@ def test_plot_table_dispatches(tmp_path, table, expected):
     rows = {"scaling": SCALING_ROWS, "table1": TABLE1_ROWS, "table3": {"init 0.1": -2.7, "init 1.0": -3.0}}[table]
     res, cur = frames(table, rows)
     loads = {"Switch-Base cf1.0": {"layer_0": [0.5, 0.5]}}
-    assert_written(F.plot_table(table, res, cur, loads, tmp_path), [f"{table}_{name}" for name in expected])
+    assert_written(T.get(table).plot(res, cur, loads, tmp_path), [f"{table}_{name}" for name in expected])
 
 
 def literal_tables():
@@ -92,24 +97,26 @@ def literal_tables():
 
 def test_table_markdown_and_console_show_ours_beside_the_paper():
     res, cur = literal_tables()["table1"]
-    summary = C.table_summary("table1", res, cur)
-    text = R.table_markdown("table1", summary, load_paper_table("table1"))
+    table1 = T.get("table1")
+    summary = table1.summary(res, cur)
+    text = R.table_markdown(table1, summary, load_paper_table("table1"))
     assert "| Switch-Base cf1.0 | 1.00 | -1.8900 ± 0.0100 (n=3) | -1.561 |" in text
     assert "Not achieved" in text and "not run" in text  # T5-Large was not run here
     assert "ours: steps to -1.9100" in text  # the default threshold: the worst sparse run's best NLP
-    verdicts = C.evaluate_claims("table1", res, cur)
-    console = R.format_console("table1", summary, load_paper_table("table1"), verdicts)
+    verdicts = table1.evaluate(res, cur)
+    console = R.format_console(table1, summary, load_paper_table("table1"), verdicts)
     assert "Switch-Base+ cf1.0" in console and "[  inconclusive]" in console and "rows missing" in console
 
 
 def test_write_report(tmp_path):
     tables = {}
     for name, (res, cur) in literal_tables().items():
-        plots = F.plot_table(name, res, cur, None, tmp_path / "plots")
+        table = T.get(name)
+        plots = table.plot(res, cur, None, tmp_path / "plots")
         meta = {"command": f"switchrepro run {name} --scale smoke", "wall_seconds": 3725.0, "tokens_per_step": 512}
-        tables[name] = (res, cur, None, C.evaluate_claims(name, res, cur), plots, meta)
+        tables[name] = (table, res, cur, None, table.evaluate(res, cur), plots, meta)
     explanations = {"t1-switch-beats-moe-cf1.0": "top-2 MoE computes twice the expert FLOPs"}
-    tables["table1"] = R.TableReport(*tables["table1"][:5], {**tables["table1"][5], "explanations": explanations})
+    tables["table1"] = R.TableReport(*tables["table1"][:6], {**tables["table1"][6], "explanations": explanations})
     path = R.write_report("smoke", tables, tmp_path / "REPORT.md")
     text = path.read_text()
     for needle in ("# Switch Transformer reproduction: smoke scale", "## table1: Table 1", "## table2: Table 2",
@@ -128,7 +135,8 @@ def test_write_report(tmp_path):
 
 def test_report_shows_the_positive_control_at_every_step(tmp_path):
     res, cur = frames("scaling", SCALING_ROWS)  # T5-Large leads T5-Base by 0.15 nats at every step
-    tables = {"scaling": (res, cur, None, C.evaluate_claims("scaling", res, cur), [], {})}
+    scaling = T.get("scaling")
+    tables = {"scaling": (scaling, res, cur, None, scaling.evaluate(res, cur), [], {})}
     text = R.write_report("smoke", tables, tmp_path / "REPORT.md").read_text()
     section = text[text.index("### Positive control by step"):]
     assert "T5-Large minus T5-Base" in section
@@ -137,18 +145,19 @@ def test_report_shows_the_positive_control_at_every_step(tmp_path):
     assert all("0.1500" in ln and "reproduced" in ln for ln in steps)
     # a table without its control's rows has no such section
     only_switch = res[res["row"] != "T5-Large"], cur[cur["row"] != "T5-Large"]
-    tables = {"scaling": (*only_switch, None, C.evaluate_claims("scaling", *only_switch), [], {})}
+    tables = {"scaling": (scaling, *only_switch, None, scaling.evaluate(*only_switch), [], {})}
     assert "Positive control by step" not in R.write_report("smoke", tables, tmp_path / "R2.md").read_text()
 
 
 def test_report_sets_calibration_regimes_side_by_side(tmp_path):
     clear = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.85})  # std 0.0071 per row, margin 0.15
     noisy = frames("scaling", {"T5-Base": -2.0, "T5-Large": -1.995})  # margin 0.005 < 2 x 0.0071
-    regimes = [R.Calibration("wide-lead", "scaling", *clear, {"command": "switchrepro run scaling --gin X=1"}),
-               R.Calibration("no-lead", "scaling", *noisy, {"command": "switchrepro run scaling --gin X=2"},
+    scaling = T.get("scaling")
+    regimes = [R.Calibration("wide-lead", scaling, *clear, {"command": "switchrepro run scaling --gin X=1"}),
+               R.Calibration("no-lead", scaling, *noisy, {"command": "switchrepro run scaling --gin X=2"},
                              "# two invocations\nswitchrepro run scaling --gin X=2 --seeds 1\n")]
     res, cur = frames("scaling", SCALING_ROWS)
-    tables = {"scaling": (res, cur, None, C.evaluate_claims("scaling", res, cur), [], {})}
+    tables = {"scaling": (scaling, res, cur, None, scaling.evaluate(res, cur), [], {})}
     text = R.write_report("smoke", tables, tmp_path / "REPORT.md", calibration=regimes).read_text()
     section = text[text.index("## Calibration: the positive control per regime"):text.index("## scaling:")]
     rows = {ln.split("|")[1].strip(): ln for ln in section.splitlines() if ln.startswith("| ") and "beats" in ln}

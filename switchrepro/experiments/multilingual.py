@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from switchrepro.experiments.claims import _speedup
+from switchrepro.data.multilingual import MC4_LANGUAGES, load_manifest, mc4_codes
+from switchrepro.experiments.stats import array_speedup
 
 CONFIDENCE = 0.95
 FAST = 4.0  # the paper's figure 8 threshold: 91% of languages reach at least a 4x speedup
@@ -34,8 +35,6 @@ FAST = 4.0  # the paper's figure 8 threshold: 91% of languages reach at least a 
 def mc4_language_set() -> frozenset:
     """The UDHR version codes standing in for mC4 languages (the embedded manifest's choices), and mC4's own
     codes (the paper-scale task's languages)."""
-    from switchrepro.data.multilingual import MC4_LANGUAGES, mc4_codes
-
     return frozenset(mc4_codes()) | frozenset(MC4_LANGUAGES)
 
 
@@ -72,15 +71,15 @@ def language_speedups(curves: pd.DataFrame, dense: str, switch: str) -> pd.DataF
     language, divided by the steps Switch needs to reach it (curves averaged over seeds at each step,
     crossings interpolated linearly). `reached` is False, and `speedup` NaN, for a language Switch never
     brings to the dense model's final quality."""
-    def seed_mean(group: pd.DataFrame, row: str) -> pd.DataFrame:
-        return group[group["row"] == row].groupby("step", sort=True)["nlp"].mean().reset_index()
-
+    # Seed-mean curves of every (language, row) at once: one groupby, not one frame per language.
+    mean = curves[curves["row"].isin([dense, switch])].groupby(["lang", "row", "step"], sort=True)["nlp"].mean()
+    runs = {key: (part.index.get_level_values("step").to_numpy(float), part.to_numpy(float))
+            for key, part in mean.groupby(level=["lang", "row"], sort=False)}
     records = []
-    for lang, group in curves.groupby("lang", sort=True):
-        base, other = seed_mean(group, dense), seed_mean(group, switch)
-        if base.empty or other.empty:
+    for lang in sorted(set(curves["lang"])):
+        if (lang, dense) not in runs or (lang, switch) not in runs:
             continue
-        s = _speedup(base, other, "step")
+        s = array_speedup(*runs[(lang, dense)], *runs[(lang, switch)])
         records.append({"lang": lang, "speedup": s.speedup, "target": s.target, "dense_steps": s.baseline_x,
                         "switch_steps": s.row_x, "reached": not math.isnan(s.row_x)})
     return pd.DataFrame(records, columns=["lang", "speedup", "target", "dense_steps", "switch_steps", "reached"])
@@ -95,8 +94,6 @@ def per_language_table(curves: pd.DataFrame, dense: str, switch: str) -> pd.Data
     out.insert(1, f"nlp {dense}", out["lang"].map(final[dense]) if dense in final else math.nan)
     out.insert(2, f"nlp {switch}", out["lang"].map(final[switch]) if switch in final else math.nan)
     try:
-        from switchrepro.data.multilingual import load_manifest
-
         known = {lang["code"]: lang for lang in load_manifest()["languages"]}
     except (OSError, ValueError):
         known = {}

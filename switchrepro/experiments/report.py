@@ -1,4 +1,6 @@
-"""Our tables beside the paper's, for the console (`format_console`) and for REPORT.md (`write_report`).
+"""The report skeleton: our tables beside the paper's, for the console (`format_console`) and for REPORT.md
+(`write_report`). Generic: each table's columns and sections come from its TableDef (see
+`switchrepro.experiments.tabledef`), built from the cell helpers here.
 
 Our cells read "mean ± std (n=k)" over the seeds that did not diverge (see `claims.summarize`). The paper's
 cells come from `experiments/paper/*.csv`, shown at the precision the paper prints. A row that we did not
@@ -16,15 +18,18 @@ import numpy as np
 import pandas as pd
 
 from switchrepro.experiments import claims as C
-from switchrepro.experiments.paper import PAPER_THRESHOLD, TABLES, TITLES, load_paper_table
+from switchrepro.experiments import stats
+from switchrepro.experiments.paper import load_paper_table
+from switchrepro.experiments.tabledef import Cell, Column, TableDef
 
 DASH = "—"
 NOT_RUN = "not run"
 
 
 class TableReport(NamedTuple):
-    """Everything the report shows for one table. A plain 6-tuple in this order works too."""
+    """Everything the report shows for one table. A plain tuple in this order works too."""
 
+    table: TableDef
     results: pd.DataFrame
     curves: Optional[pd.DataFrame]
     loads: Optional[Mapping[str, Mapping[str, Sequence[float]]]]
@@ -33,51 +38,52 @@ class TableReport(NamedTuple):
     # command, wall_seconds, scale, seeds, steps, tokens_per_step, epochs, threshold; optional `notes` (text
     # shown under the table) and `explanations` ({claim id: why it does not reproduce}).
     meta: Mapping[str, object]
+    sections: Sequence[tuple[str, str]] = ()  # (heading, markdown) blocks under the table: TableDef.sections
 
 
 # ------------------------------------------------------------------------------------------ cells
 
 
-def _isnan(x) -> bool:
+def isnan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _mean_std(mean: float, std: float, n: int, digits: int) -> str:
-    if _isnan(mean):
+def mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    if isnan(mean):
         return DASH
     text = f"{mean:.{digits}f}"
-    return text + (f" ± {std:.{digits}f}" if n >= 2 and not _isnan(std) else "")
+    return text + (f" ± {std:.{digits}f}" if n >= 2 and not isnan(std) else "")
 
 
-def _ours_nlp(s: pd.Series) -> str:
+def ours_nlp(s: pd.Series) -> str:
     """'-2.7213 ± 0.0100 (n=3)', with divergences noted."""
     n, ok, k = int(s["n_seeds"]), int(s["n_ok"]), int(s["n_diverged"])
     if ok == 0:
         first = s.get("first_diverged_at", math.nan)
-        at = f", first at step {first:.0f}" if not _isnan(first) else ""
+        at = f", first at step {first:.0f}" if not isnan(first) else ""
         return f"diverged ({k}/{n}{at})"
     extra = f", {k} diverged" if k else ""
-    return f"{_mean_std(s['nlp_mean'], s['nlp_std'], ok, 4)} (n={ok}{extra})"
+    return f"{mean_std(s['nlp_mean'], s['nlp_std'], ok, 4)} (n={ok}{extra})"
 
 
-def _ours_threshold(s: pd.Series, metric: str, digits: int) -> str:
+def ours_threshold(s: pd.Series, metric: str, digits: int) -> str:
     if "n_reached" not in s:
         return DASH
     reached, n = int(s["n_reached"]), int(s["n_seeds"])
     if reached == 0:
         return "not reached"
-    text = _mean_std(s[f"{metric}_mean"], s[f"{metric}_std"], reached, digits)
+    text = mean_std(s[f"{metric}_mean"], s[f"{metric}_std"], reached, digits)
     return text + (f" ({reached}/{n} reached)" if reached < n else "")
 
 
-def _ours_speed(s: pd.Series) -> str:
+def ours_speed(s: pd.Series) -> str:
     if "examples_per_sec" not in s:
         return DASH
-    return _mean_std(s["examples_per_sec"], s.get("examples_per_sec_std", math.nan), int(s["n_seeds"]), 1)
+    return mean_std(s["examples_per_sec"], s.get("examples_per_sec_std", math.nan), int(s["n_seeds"]), 1)
 
 
-def _human(n: float) -> str:
-    if _isnan(n):
+def human(n: float) -> str:
+    if isnan(n):
         return DASH
     for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
@@ -85,7 +91,7 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _paper(p: Optional[pd.Series], col: str, digits: int = 3) -> str:
+def paper_cell(p: Optional[pd.Series], col: str, digits: int = 3) -> str:
     """A paper cell at the paper's precision; DASH where the paper gives no number."""
     if p is None or col not in p.index or pd.isna(p[col]):
         return DASH
@@ -95,97 +101,59 @@ def _paper(p: Optional[pd.Series], col: str, digits: int = 3) -> str:
     return value if isinstance(value, str) else f"{value:.{digits}f}"
 
 
-def _paper_hours(s: Optional[pd.Series], p: Optional[pd.Series]) -> str:
-    """Table 1's hours to the paper's threshold, or its note ("Not achieved")."""
-    if p is not None and pd.isna(p["time_to_threshold_hours"]):
-        return _paper(p, "time_to_threshold_note")
-    return _paper(p, "time_to_threshold_hours", 1)
-
-
-Cell = Callable[[Optional[pd.Series], Optional[pd.Series]], str]  # (our summary line, paper line) -> text
-
-
-def _ours(fn: Callable[[pd.Series], str]) -> Cell:
+def ours(fn: Callable[[pd.Series], str]) -> Cell:
     return lambda s, p: NOT_RUN if s is None else fn(s)
 
 
-def _columns(table: str, summary: pd.DataFrame, speedups: Mapping[str, float]) -> list[tuple[str, Cell]]:
-    """The paper's layout for `table`: (header, cell) pairs, ours beside the paper's."""
-    digits = 2 if table == "table3" else 3  # as printed in the paper
-    nlp = [("ours: NLP", _ours(_ours_nlp)), ("paper: NLP", lambda s, p: _paper(p, "nlp", digits))]
-    speed = [("ours: examples/sec", _ours(_ours_speed)),
-             ("paper: examples/sec", lambda s, p: _paper(p, "examples_per_sec", 0))]
-    if table == "table1":
-        thr = summary["threshold"].iloc[0] if "threshold" in summary and len(summary) else math.nan
-        at = f"{thr:.4f}" if not _isnan(thr) else "threshold"
-        return [
-            ("capacity factor", lambda s, p: _paper(p, "capacity_factor", 2)),
-            *nlp,
-            (f"ours: steps to {at}", _ours(lambda s: _ours_threshold(s, "steps_to_threshold", 0))),
-            (f"ours: seconds to {at}", _ours(lambda s: _ours_threshold(s, "time_to_threshold", 1))),
-            (f"paper: hours to {PAPER_THRESHOLD:.2f}", _paper_hours),
-            *speed,
-        ]
-    if table == "table2":
-        return [
-            *nlp,
-            ("ours: diverged", _ours(lambda s: f"{int(s['n_diverged'])}/{int(s['n_seeds'])}")),
-            ("paper: diverged", lambda s, p: _paper(p, "diverged")),
-            *speed,
-        ]
-    if table == "table3":
-        return [
-            ("ours: mean NLP", _ours(lambda s: f"{s['nlp_mean']:.4f}" if s["n_ok"] else _ours_nlp(s))),
-            ("paper: mean NLP", lambda s, p: _paper(p, "nlp", 2)),
-            ("ours: std", _ours(lambda s: f"{s['nlp_std']:.4f}" if s["n_ok"] >= 2 else DASH)),
-            ("paper: std", lambda s, p: _paper(p, "nlp_std", 2)),
-            ("ours: seeds (diverged)", _ours(lambda s: f"{int(s['n_seeds'])} ({int(s['n_diverged'])})")),
-        ]
-    if table == "scaling":
-        return [
-            ("ours: params", _ours(lambda s: _human(s.get("params", math.nan)))),
-            ("paper: params", lambda s, p: _paper(p, "params_label")),
-            *nlp,
-            ("ours: step speedup vs T5-Base", lambda s, p: DASH if s is None or _isnan(speedups.get(s.name))
-             else f"{speedups[s.name]:.2f}x"),
-            ("paper: step speedup vs T5-Base", lambda s, p: _paper(p, "step_speedup_vs_t5_base", 1)),
-            ("ours: examples/sec", _ours(_ours_speed)),
-        ]
-    if table in ("table4", "table5", "table8"):
-        score = [("ours: peak score", _ours(_ours_score)), ("paper: score", lambda s, p: _paper(p, "score", 1)),
-                 ("paper task", lambda s, p: _paper(p, "paper_task"))]
-        kept = [("ours: gain kept", lambda s, p: _kept(summary, s, table, "score")),
-                ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))] if table == "table8" else []
-        task = lambda s: s.get("task", DASH) if s.get("stage") != "pretrain" else "pre-training"  # noqa: E731
-        return [("ours: task", _ours(task)),
-                ("ours: held-out NLP", _ours(_ours_nlp)), *score, *kept]
-    if table in ("table6", "table7"):
-        out = [("ours: params", _ours(lambda s: _human(s.get("params", math.nan)))),
-               ("paper: params", lambda s, p: _paper(p, "params_label")), *nlp,
-               ("ours: gain kept", lambda s, p: _kept(summary, s, table, "nlp")),
-               ("paper: gain kept", lambda s, p: _paper_percent(p, "gain_kept_percent"))]
-        if table == "table7":
-            out += [("ours: compression", lambda s, p: _compression(summary, s)),
-                    ("paper: compression", lambda s, p: _paper_percent(p, "compression_percent"))]
-        return out
-    return nlp  # table11 and anything else: quality only
+def nlp_columns(digits: int = 3) -> list[Column]:
+    """Our NLP beside the paper's, printed at `digits` as the paper prints it."""
+    return [("ours: NLP", ours(ours_nlp)), ("paper: NLP", lambda s, p: paper_cell(p, "nlp", digits))]
 
 
-def _ours_score(s: pd.Series) -> str:
+def speed_columns() -> list[Column]:
+    return [("ours: examples/sec", ours(ours_speed)),
+            ("paper: examples/sec", lambda s, p: paper_cell(p, "examples_per_sec", 0))]
+
+
+def params_columns() -> list[Column]:
+    return [("ours: params", ours(lambda s: human(s.get("params", math.nan)))),
+            ("paper: params", lambda s, p: paper_cell(p, "params_label"))]
+
+
+def finetune_columns() -> list[Column]:
+    """Fine-tuning tables: each row's task, its held-out NLP and its peak validation score beside the paper's."""
+    task = lambda s: s.get("task", DASH) if s.get("stage") != "pretrain" else "pre-training"  # noqa: E731
+    return [("ours: task", ours(task)), ("ours: held-out NLP", ours(ours_nlp)),
+            ("ours: peak score", ours(ours_score)), ("paper: score", lambda s, p: paper_cell(p, "score", 1)),
+            ("paper task", lambda s, p: paper_cell(p, "paper_task"))]
+
+
+def kept_columns(summary: pd.DataFrame, dense: str, metric: str) -> list[Column]:
+    """Distillation tables: the share of its teacher's gain over `dense` each distilled row keeps."""
+    return [("ours: gain kept", lambda s, p: kept(summary, s, dense, metric)),
+            ("paper: gain kept", lambda s, p: paper_percent(p, "gain_kept_percent"))]
+
+
+def quality_only(summary: pd.DataFrame, curves: Optional[pd.DataFrame]) -> list[Column]:
+    """The columns of a table that shows quality only."""
+    return nlp_columns()
+
+
+def ours_score(s: pd.Series) -> str:
     """'56.4 ± 1.2 (n=3)': the mean over seeds of each run's peak validation score; DASH for pre-training."""
-    n = int(s["n_scored"]) if "n_scored" in s and not _isnan(s["n_scored"]) else 0
-    return DASH if n == 0 else f"{_mean_std(s['score_mean'], s['score_std'], n, 1)} (n={n})"
+    n = int(s["n_scored"]) if "n_scored" in s and not isnan(s["n_scored"]) else 0
+    return DASH if n == 0 else f"{mean_std(s['score_mean'], s['score_std'], n, 1)} (n={n})"
 
 
-def _kept(summary: pd.DataFrame, s: Optional[pd.Series], table: str, metric: str) -> str:
-    """A distilled row's share of its teacher's gain over the table's dense baseline row."""
+def kept(summary: pd.DataFrame, s: Optional[pd.Series], dense: str, metric: str) -> str:
+    """A distilled row's share of its teacher's gain over the table's dense baseline row `dense`."""
     if s is None or not s.get("teacher_row"):
         return DASH
-    share = C.gain_kept(summary, s.name, C.DISTILLATION_BASELINE[table], metric)
-    return DASH if _isnan(share) else f"{100 * share:.0f}%"
+    share = C.gain_kept(summary, s.name, dense, metric)
+    return DASH if isnan(share) else f"{100 * share:.0f}%"
 
 
-def _compression(summary: pd.DataFrame, s: Optional[pd.Series]) -> str:
+def compression(summary: pd.DataFrame, s: Optional[pd.Series]) -> str:
     """1 - student parameters / teacher parameters, for a distilled row."""
     teacher = s.get("teacher_row") if s is not None else None
     if not teacher or teacher not in summary.index or "params" not in summary:
@@ -193,20 +161,17 @@ def _compression(summary: pd.DataFrame, s: Optional[pd.Series]) -> str:
     return f"{100 * (1 - float(s['params']) / float(summary.at[teacher, 'params'])):.0f}%"
 
 
-def _paper_percent(p: Optional[pd.Series], col: str) -> str:
-    text = _paper(p, col, 0)
+def paper_percent(p: Optional[pd.Series], col: str) -> str:
+    text = paper_cell(p, col, 0)
     return text if text == DASH else f"{text}%"
 
 
-def _cells(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+def _cells(table: TableDef, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
            curves: Optional[pd.DataFrame]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: the paper's rows in the paper's order, then any rows only we have."""
     paper_rows = list(paper_df.index) if paper_df is not None else []
     rows = paper_rows + [r for r in summary.index if r not in paper_rows]
-    speedups = {}
-    if table == "scaling" and curves is not None and (curves["row"] == "T5-Base").any():
-        speedups = {r: C.step_speedup(curves, "T5-Base", r) for r in summary.index if r != "T5-Base"}
-    columns = _columns(table, summary, speedups)
+    columns = table.columns(summary, curves)
     body = []
     for row in rows:
         s = summary.loc[row] if row in summary.index else None
@@ -215,11 +180,11 @@ def _cells(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
     return ["row"] + [h for h, _ in columns], body
 
 
-def table_markdown(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+def table_markdown(table: TableDef, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
                    curves: Optional[pd.DataFrame] = None) -> str:
     """The table in the paper's layout with our values beside the paper's, as a markdown table.
-    `summary` comes from `claims.table_summary` (threshold columns give table1's steps/time to threshold);
-    `curves` adds our step speedups to the scaling table."""
+    `summary` comes from `TableDef.summary` (threshold columns give steps/time to threshold); some tables'
+    columns read `curves` too (step speedups)."""
     header, body = _cells(table, summary, paper_df, curves)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -232,11 +197,11 @@ def _plain_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def format_console(table: str, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
+def format_console(table: TableDef, summary: pd.DataFrame, paper_df: Optional[pd.DataFrame],
                    verdicts: Sequence[C.Verdict], curves: Optional[pd.DataFrame] = None) -> str:
     """Plain text for the CLI: the table beside the paper's, then one line per verdict."""
     header, body = _cells(table, summary, paper_df, curves)
-    out = [f"{table}: {TITLES.get(table, table)}", _plain_table(header, body), "", "Verdicts:"]
+    out = [f"{table.name}: {table.title}", _plain_table(header, body), "", "Verdicts:"]
     for v in verdicts:
         out.append(f"  [{v.status:>14}] {v.text}")
         out.append(f"      margin {C.num(v.margin)}, spread {C.num(v.spread)}: {v.detail}")
@@ -254,7 +219,7 @@ def _duration(seconds: float) -> str:
 
 
 def _listing(values) -> str:
-    values = [v for v in values if not _isnan(v)]
+    values = [v for v in values if not isnan(v)]
     unique = list(dict.fromkeys(int(v) if float(v).is_integer() else v for v in values))
     return ", ".join(str(v) for v in unique) if unique else DASH
 
@@ -283,7 +248,7 @@ def _meta_lines(meta: Mapping[str, object], results: pd.DataFrame, summary: pd.D
         ("Epochs", meta.get("epochs") or (f"{results['epochs'].max():.3g} (max over runs)" if "epochs" in results
                                           else DASH)),
     ]
-    if threshold is not None and not _isnan(threshold):
+    if threshold is not None and not isnan(threshold):
         facts.append(("Quality threshold (NLP)", f"{float(threshold):.4f}"))
     hosts = _hosts(results)
     facts.append(("CPU and threads", "; ".join(map(str, hosts)) if hosts else
@@ -331,14 +296,9 @@ def _why(v: C.Verdict) -> str:
     return "the margin is within twice the seed spread (or the evidence is mixed)"
 
 
-def _two_row_control(table: str) -> Optional[C.Claim]:
-    """The table's positive control of the form "A beats B", if it has one."""
-    return next((c for c in C.control_claims(table) if len(c.rows) == 2), None)
-
-
-def _control_by_step(table: str, curves: Optional[pd.DataFrame]) -> list:
+def _control_by_step(table: TableDef, curves: Optional[pd.DataFrame]) -> list:
     """For a table whose positive control has both rows' curves: its margin at every evaluation."""
-    control = _two_row_control(table)
+    control = table.two_row_control()
     if control is None or curves is None or curves.empty or not set(control.rows) <= set(curves["row"]):
         return []
     by_step = C.margin_by_step(curves, *control.rows)
@@ -355,7 +315,7 @@ class Calibration(NamedTuple):
     results/<scale>/calibration/<name>/ (that directory is the run's --results-dir)."""
 
     name: str
-    table: str
+    table: TableDef
     results: pd.DataFrame
     curves: Optional[pd.DataFrame]
     meta: Mapping[str, object]
@@ -375,13 +335,13 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
              "| Verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_step = []
     for r in regimes:
-        control = _two_row_control(r.table)
+        control = r.table.two_row_control()
         if control is None:
-            raise ValueError(f"calibration {r.name}: table {r.table} has no two-row positive control")
-        summary = C.table_summary(r.table, r.results, r.curves)
-        (verdict,) = C.evaluate_claims(r.table, r.results, r.curves, claims=[control])
+            raise ValueError(f"calibration {r.name}: table {r.table.name} has no two-row positive control")
+        summary = r.table.summary(r.results, r.curves)
+        (verdict,) = r.table.evaluate(r.results, r.curves, claims=[control])
         a, b = control.rows
-        cell = {row: _mean_std(*summary.loc[row, ["nlp_mean", "nlp_std"]], int(summary.loc[row, "n_ok"]), 4)
+        cell = {row: mean_std(*summary.loc[row, ["nlp_mean", "nlp_std"]], int(summary.loc[row, "n_ok"]), 4)
                 if row in summary.index else NOT_RUN for row in (a, b)}
         seeds = ", ".join(f"{int(summary.loc[row, 'n_seeds'])}" if row in summary.index else "0" for row in (a, b))
         steps = _listing(r.results["steps"]) if "steps" in r.results else DASH
@@ -403,69 +363,17 @@ def calibration_markdown(regimes: Sequence[Calibration]) -> list[str]:
     return lines + [""] + by_step
 
 
-def language_summary_markdown(languages: pd.DataFrame) -> str:
-    """The multilingual table's per-language summary (Figures 7 and 8) on the mC4 languages and on all,
-    beside the paper's numbers: a markdown table."""
-    from switchrepro.experiments import multilingual as ML
-
-    frame = languages[languages["row"].isin([C.ML_DENSE, C.ML_SWITCH])]
-    gains = ML.paired_gains(frame, C.ML_DENSE, C.ML_SWITCH)
-    speedups = ML.language_speedups(frame, C.ML_DENSE, C.ML_SWITCH)
-    mc4 = ML.mc4_language_set()
-    lines = ["| languages | n | improved in mean | improved (95% interval) | worse (95% interval) | mean gain (nats) | "
-             "mean step speedup | never reach mT5's final NLP | share >= 4x |", "|---" * 9 + "|"]
-    for label, subset in (("mC4 (ours)", sorted(set(gains["lang"]) & mc4)), ("all (ours)", None)):
-        s = ML.summarize_languages(gains, speedups, subset)
-        if not s["languages"]:
-            lines.append(f"| {label} | 0 | " + " | ".join([DASH] * 7) + " |")
-            continue
-        lines.append(f"| {label} | {s['languages']} | {s['improved']} ({s['improved_fraction']:.0%}) | "
-                     f"{s['improved_significantly']} | {s['worse_significantly']} | {s['mean_gain']:+.4f} | "
-                     f"{C.num(s['mean_speedup'])}x | {s['never_reached']} | {s['fast_fraction']:.0%} |")
-    lines.append("| paper (mC4) | 101 | 101 (100%) | - | - | - | 5x | - | 91% |")
-    return "\n".join(lines) + "\n"
-
-
-def pruning_markdown(pruning: pd.DataFrame) -> str:
-    """Selective attention's context pruning: for each context length, the held-out NLP (seed mean) of each
-    row at each attention-memory budget (keys per layer; the context itself is no pruning), then the memory
-    ratio of each selective row against the unpruned standard row of the same heads and FFN."""
-    mean = pruning.groupby(["context", "row", "budget"], sort=False)["nlp"].mean()
-    lines = []
-    for context, per_context in pruning.groupby("context"):
-        budgets = sorted(per_context["budget"].unique())
-        lines += [f"Context {context} (budget = keys kept per layer; {context} is no pruning):", "",
-                  "| row | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
-        for row in dict.fromkeys(per_context["row"]):
-            cells = [f"{mean[(context, row, b)]:.4f}" if (context, row, b) in mean.index else DASH for b in budgets]
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
-        lines.append("")
-    ratios = C.memory_ratios(pruning)
-    if len(ratios):
-        lines += ["Attention memory needed to reach the unpruned standard model's NLP (memory ratio = context / "
-                  "budget needed, from seed means, then each selective seed against the standard seed mean; "
-                  "the paper: 16x, 25x and 47x at contexts 512, 1,024 and 2,048):", "",
-                  "| selective row | standard row | context | budget needed | memory ratio | per seed | "
-                  "standard row as a sliding window |", "|---|---|---|---|---|---|---|"]
-        for r in ratios.itertuples():
-            needed = DASH if np.isnan(r.budget) else f"{r.budget:.0f}"
-            ratio = "not reached" if np.isnan(r.ratio) else f"{r.ratio:.1f}x"
-            seeds = ", ".join("-" if np.isnan(x) else f"{x:.1f}x" for x in r.seed_ratios)
-            window = "not reached" if np.isnan(r.window_ratio) else f"{r.window_ratio:.1f}x"
-            lines.append(f"| {r.selective} | {r.standard} | {r.context} | {needed} | {ratio} | {seeds} | {window} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path: Path,
-                 preface: Optional[str] = None, calibration: Sequence[Calibration] = ()) -> Path:
-    """Write REPORT.md: an overall verdict summary, then each table beside the paper's, with its verdicts,
-    plots (relative links) and run facts, and finally what does not reproduce and why. `preface` (markdown,
-    e.g. how the runs were made and calibrated) goes after the verdict rule, and then `calibration`."""
+                 preface: Optional[str] = None, calibration: Sequence[Calibration] = (),
+                 verdict_rule: str = C.VERDICT_RULE) -> Path:
+    """Write REPORT.md: an overall verdict summary, then each table beside the paper's (in the order of
+    `tables`), with its verdicts, plots (relative links) and run facts, and finally what does not reproduce
+    and why. `verdict_rule` (markdown) says how verdicts are decided; `preface` (markdown, e.g. how the runs
+    were made and calibrated) goes after it, and then `calibration`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tables = {name: TableReport(*value) for name, value in tables.items()}
-    order = [t for t in TABLES if t in tables] + [t for t in tables if t not in TABLES]
+    order = list(tables)
 
     lines = [f"# Switch Transformer reproduction: {scale} scale", "",
              "This report sets our runs of the paper's pre-training experiments beside the published numbers "
@@ -482,26 +390,24 @@ def write_report(scale: str, tables: Mapping[str, TableReport | tuple], out_path
         lines.append(f"| {name} | " + " | ".join(str(counts[s]) for s in C.STATUSES) + " |")
     lines += ["| **all** | " + " | ".join(f"**{totals[s]}**" for s in C.STATUSES) + " |", ""]
     lines += [f"- {name}: **{v.status}**: {v.text}" for name in order for v in tables[name].verdicts]
-    lines += ["", "## How verdicts are decided", "", C.VERDICT_RULE, ""]
+    lines += ["", "## How verdicts are decided", "", verdict_rule, ""]
     if preface:
         lines += [preface.strip(), ""]
     lines += calibration_markdown(calibration)
 
     for name in order:
         t = tables[name]
-        summary = C.table_summary(name, t.results, t.curves, t.meta.get("threshold"))
-        paper_df = load_paper_table(name) if name in TABLES else None
-        curves = t.curves[t.curves["table"] == name] if t.curves is not None and "table" in t.curves else t.curves
-        lines += [f"## {name}: {TITLES.get(name, name)}", "", *_meta_lines(t.meta, t.results, summary), ""]
+        summary = t.table.summary(t.results, t.curves, t.meta.get("threshold"))
+        paper_df = load_paper_table(name)
+        curves = stats.for_table(t.curves, name)
+        lines += [f"## {name}: {t.table.title}", "", *_meta_lines(t.meta, t.results, summary), ""]
         if t.meta.get("notes"):
             lines += [str(t.meta["notes"]), ""]
-        lines += [table_markdown(name, summary, paper_df, curves)]
-        if t.meta.get("languages"):
-            lines += ["### Per language", "", str(t.meta["languages"]), ""]
-        if t.meta.get("pruning"):
-            lines += ["### Context pruning", "", str(t.meta["pruning"]), ""]
+        lines += [table_markdown(t.table, summary, paper_df, curves)]
+        for heading, text in t.sections:
+            lines += [f"### {heading}", "", text, ""]
         lines += ["### Verdicts", "", _verdict_table(t.verdicts)]
-        lines += _control_by_step(name, curves)
+        lines += _control_by_step(t.table, curves)
         images = _image_links(t.plots, out_path.parent)
         lines += ["### Plots", "", *(f"{img}\n" for img in images)] if images else []
 
