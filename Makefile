@@ -15,8 +15,8 @@ install:
 	$(BIN)/python tools/install_t5.py
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip check
-	# the CPU helpers (switchrepro/native: uninitialised buffers, expert matmuls); without a C++ compiler it says so and goes on
-	$(BIN)/python -m switchrepro.native
+	# the CPU helpers (switchrepro/backends/cpu/native: uninitialised buffers, expert matmuls); without a C++ compiler it says so and goes on
+	$(BIN)/python -m switchrepro.backends.cpu.native
 	$(BIN)/python -m switchrepro.data.verify
 
 # Tests run in one pytest-xdist process per core (up to 2, as WORKERS below): most tests compile and run

@@ -1,8 +1,9 @@
-"""The native grouped expert matmuls (switchrepro/native/expert_gemm.cc) against jnp.einsum at full precision:
-values, gradients, edge shapes, thread-count independence; and the MoE layer with them against the batched
+"""The native grouped expert matmuls (switchrepro/backends/cpu/native/expert_gemm.cc) against jnp.einsum at full
+precision: values, gradients, edge shapes, thread-count independence; and the MoE layer with them against the batched
 and looped layers (which tests/test_moe_layer.py checks against the for-loop oracle)."""
 
 import contextlib
+import ctypes
 import dataclasses
 import io
 import os
@@ -15,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from switchrepro import native
+from switchrepro.backends.cpu import native
+from switchrepro.backends.cpu.native import expert_gemm
+from switchrepro.backends.experts import expert_impl, resolve_expert_path
 from switchrepro.config import MoeConfig
 from switchrepro.moe import MoeFeedForward
-from switchrepro.moe.layer import expert_matmul as choose
-from switchrepro.native import expert_gemm
 
 needs_kernels = pytest.mark.skipif(bool(expert_gemm.unavailable_reason()), reason=expert_gemm.unavailable_reason())
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -84,7 +85,7 @@ def test_kernel_rejects_a_width_it_cannot_tile():
 
 _BITS = """
 import hashlib, jax, jax.numpy as jnp, numpy as np
-from switchrepro.native import expert_gemm
+from switchrepro.backends.cpu.native import expert_gemm
 rng = np.random.default_rng(0)
 x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((4, 200, 256), (4, 256, 512)))
 y, vjp = jax.vjp(expert_gemm.expert_matmul, x, w)
@@ -142,12 +143,18 @@ def test_layer_with_native_matmuls_equals_batched_and_loop(router, activation):
 
 
 def test_choice_and_errors(monkeypatch):
-    """auto takes the native kernels wherever they run; asking for them where they cannot run says what to do."""
-    assert choose("auto", 1, "") == "native" and choose("auto", 10**6, "") == "native"
-    assert choose("native", 7, "") == "native"
-    with pytest.raises(ValueError, match="Set MoeConfig.expert_matmul to 'auto'"):
-        choose("native", 7, "no AVX-512F")
-    loaded = native.gemm_status() == "loaded"
+    """auto takes the native kernels wherever they run (a run resolves it once: resolve_expert_path); asking for
+    them where they cannot run says what to do."""
+    loaded = not expert_gemm.unavailable_reason()
+    xla = "xla" if jax.default_backend() == "cpu" else "batched"
+    assert resolve_expert_path("auto", 64, 192, jnp.float32) == ("native" if loaded else xla)
+    assert resolve_expert_path("auto", 6, 10, jnp.float32) == xla  # widths the kernels cannot tile
+    assert expert_impl("native", 7) == "native" and expert_impl("native", 10**6) == "native"
+    with monkeypatch.context() as m:
+        m.setattr(expert_gemm, "unavailable_reason", lambda: "no AVX-512F")
+        with pytest.raises(ValueError, match="Set MoeConfig.expert_matmul to 'auto'"):
+            resolve_expert_path("native", 64, 64, jnp.float32)
+        assert resolve_expert_path("auto", 64, 64, jnp.float32) == xla
     with pytest.raises(ValueError, match="cannot run: .*multiples of 64" if loaded else "cannot run"):
         MoeFeedForward(MoeConfig(num_experts=2, expert_matmul="native"), d_model=6, d_ff=10).init(
             jax.random.PRNGKey(0), jnp.ones((1, 4, 6)), deterministic=True)
@@ -162,8 +169,6 @@ def test_choice_and_errors(monkeypatch):
 def test_library_builds_without_the_x86_kernels(tmp_path):
     """On other architectures (no immintrin.h) the library must still build, for its uninitialised buffers: the
     matmul handlers then only return errors and the CPU check says no."""
-    import ctypes
-
     if not native.find_compiler():
         pytest.skip("no C++ compiler here")
     library = tmp_path / "portable.so"
@@ -177,4 +182,4 @@ def test_switched_off_library_says_why(monkeypatch):
     monkeypatch.setattr(native, "_state", "off (SWITCHREPRO_NATIVE=0): buffers are zero-filled")
     reason = expert_gemm.unsupported_reason((2, 8, 64), (2, 64, 64), jnp.float32)
     assert reason.startswith("the native expert matmul is unavailable: library not loaded") and "SWITCHREPRO" in reason
-    assert choose("auto", 128, reason) in ("loop", "batched")
+    assert resolve_expert_path("auto", 64, 64, jnp.float32) in ("xla", "batched")

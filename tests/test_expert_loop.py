@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from switchrepro import native
-from switchrepro.moe import expert_loop
+from switchrepro.backends.cpu import expert_loop, native
 
 ACTIVATIONS = {
     "relu": lambda z: jax.nn.relu(z[0]),
@@ -119,7 +118,7 @@ def test_uninitialized_buffer_shape_dtype_and_overwrite():
 
 
 def test_native_switch_off_gives_zeros_and_says_so():
-    code = ("import jax.numpy as jnp; from switchrepro import native; "
+    code = ("import jax.numpy as jnp; from switchrepro.backends.cpu import native; "
             "print(native.status()); print(float(jnp.abs(native.uninitialized((8,), jnp.float32)).sum()))")
     out = subprocess.run([sys.executable, "-c", code], env={"SWITCHREPRO_NATIVE": "0", "PATH": ""},
                          capture_output=True, text=True, check=True).stdout.splitlines()

@@ -5,6 +5,10 @@ import importlib.metadata as md
 import subprocess
 import sys
 
+import pytest
+
+from switchrepro.backends.cpu import native
+
 
 def test_pip_check_is_clean():
     out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
@@ -33,12 +37,9 @@ def test_t5_is_the_repaired_wheel_and_nightlies_are_absent():
 
 
 def test_native_helper_is_built_where_a_compiler_is():
-    """`make install` builds switchrepro/native's library when a C++ compiler is on PATH, and it loads."""
-    import pytest
-
-    from switchrepro import native
-
+    """`make install` builds backends/cpu/native's library when a C++ compiler is on PATH, and it loads."""
     if not native.find_compiler():
         pytest.skip("no C++ compiler here: switchrepro runs without the native helper")
-    assert native.LIBRARY.exists(), f"{native.LIBRARY} missing: `make install` runs `python -m switchrepro.native`"
+    assert native.LIBRARY.exists(), \
+        f"{native.LIBRARY} missing: `make install` runs `python -m switchrepro.backends.cpu.native`"
     assert native.status() == "loaded"

@@ -5,8 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_model import twenty_step_losses
 
 from switchrepro import linalg
+from switchrepro.backends import experts as expert_backend
+from switchrepro.backends.cpu.native import expert_gemm
 
 
 def _plain_dense(x, w, precision=None):
@@ -64,13 +67,8 @@ def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch)
     """The speed changes keep the model's numbers: 20 Switch training steps with the fast weight gradient
     (forced on every dense layer) and the experts in a loop, or through the native grouped matmuls, give the
     losses of plain dots and one batched expert dot, within float32 rounding."""
-    from test_model import twenty_step_losses
-
-    from switchrepro.moe import layer
-    from switchrepro.native import expert_gemm
-
     def experts_by(impl):
-        monkeypatch.setattr(layer, "expert_matmul", lambda *args: impl)
+        monkeypatch.setattr(expert_backend, "expert_impl", lambda *args: impl)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)

@@ -9,6 +9,7 @@ import moe_reference as ref
 import numpy as np
 import pytest
 
+from switchrepro.backends.experts import LOOP_MIN_ROWS, expert_impl
 from switchrepro.config import MoeConfig
 from switchrepro.moe import MoeFeedForward, routing
 
@@ -308,11 +309,10 @@ def test_expert_loop_equals_batched_with_expert_dropout(activation):
 
 
 def test_expert_matmul_choice_and_errors():
-    from switchrepro.moe.layer import LOOP_MIN_ROWS, expert_matmul
     cpu = jax.default_backend() == "cpu"
-    assert expert_matmul("auto", LOOP_MIN_ROWS) == ("loop" if cpu else "batched")
-    assert expert_matmul("auto", LOOP_MIN_ROWS - 1) == "batched"
-    assert expert_matmul("batched", 10**6) == "batched" and expert_matmul("loop", 1) == "loop"
+    assert expert_impl("auto", LOOP_MIN_ROWS) == ("loop" if cpu else "batched")
+    assert expert_impl("auto", LOOP_MIN_ROWS - 1) == "batched"
+    assert expert_impl("batched", 10**6) == "batched" and expert_impl("loop", 1) == "loop"
     with pytest.raises(ValueError, match="expert_matmul must be one of"):
         MoeConfig(expert_matmul="vmap").validate()
     with pytest.raises(ValueError, match=r"expert_dropout must be in \[0, 1\)"):

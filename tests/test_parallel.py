@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from switchrepro.api import load_caches
+from switchrepro.backends.cpu.native import expert_gemm
 from switchrepro.cli import main
 from switchrepro.config import MoeConfig
 from switchrepro.data import cache as data_cache
@@ -114,8 +115,6 @@ def test_expert_parallel_with_the_expert_loop_equals_one_device(cheap_compiles):
 
 def test_expert_parallel_with_the_native_matmuls_equals_one_device(cheap_compiles):
     """The native expert matmuls (an XLA FFI call and a custom VJP) inside shard_map: widths they can tile."""
-    from switchrepro.native import expert_gemm
-
     reason = expert_gemm.unavailable_reason()
     if reason:
         pytest.skip(reason)

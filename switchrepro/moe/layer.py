@@ -3,8 +3,8 @@
     x <dtype>[batch, length, d_model]
       -> T = batch * length tokens, row-major, split into G groups of S tokens (routing.num_groups)
       -> Routing (float32 router, capacity per group)
-      -> experts: an FFN per expert over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch; one
-         batched dot, native grouped matmuls or a loop over experts on CPU: cfg.expert_matmul),
+      -> experts: an FFN per expert over [E, G * C, d_model] buffers (dispatch backend of cfg.dispatch; which
+         matmuls compute them is switchrepro.backends.experts', per cfg.expert_matmul as the run resolved it),
          or, for dispatch 'dropless', a grouped matmul over all assignments sorted by expert (no capacity)
       -> y <dtype>[batch, length, d_model], the FFN branch only: the caller adds the residual.
 
@@ -13,7 +13,6 @@ Dropped and padding tokens get y = 0 exactly, so x + y passes them through uncha
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -21,10 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from switchrepro.backends import experts as expert_backend
 from switchrepro.config import MoeConfig
 from switchrepro.moe import dispatch as dispatch_lib
-from switchrepro.moe import expert_loop, grouped, routing
-from switchrepro.native import expert_gemm
+from switchrepro.moe import grouped, parallel, routing
 
 Array = jax.Array
 
@@ -84,33 +83,6 @@ def routing_metrics(cfg: MoeConfig, r: routing.Routing, capacity: int) -> MoeMet
         router_confidence=jnp.sum(jnp.max(r.probs, axis=-1) * real) / n_real,
         expert_capacity=capacity,
     )
-
-
-# `auto` loops over experts on CPU from this many buffer rows per expert on: with fewer, each expert's
-# matmul is too small to pay for a loop step (2 cores, d_model 256, d_ff 1024: 2,048 rows, 8 experts:
-# loop 245 ms vs batched 320 ms per layer forward+backward; 128 rows, 128 experts: 410 vs 423 ms; the
-# peer model's 40 rows, 128 experts: the loop is slower).
-# Re-measured with the custom-VJP loop (paired loop/batched, 20 pairs, d_model 256): no threshold in rows fits
-# every expert count (128 experts x 32 rows: 0.95; 64 x 32: 1.58; 64 x 128: 0.94; 32 x 128: 1.15; 256 x 128:
-# 1.02), so it stays. 128 x 32 again on 2026-12-06 (30 pairs, two sittings): 1.00 and 1.02.
-LOOP_MIN_ROWS = 128
-
-
-def expert_matmul(impl: str, rows: int, native_unavailable: str = "not checked") -> str:
-    """How the scatter/einsum backends run the experts, each on `rows` buffer rows (G * C), given why the native
-    CPU kernels cannot run here ('' when they can: switchrepro.native.expert_gemm.unsupported_reason).
-
-    `auto` is `native` (switchrepro/native/expert_gemm.cc: faster than XLA's dot at every expert count measured,
-    1.11x instead of 1.34x from 8 to 128 experts) where it runs, else `loop` (one expert at a time,
-    moe/expert_loop.py) on CPU from LOOP_MIN_ROWS rows, else `batched` (one dot over the expert axis)."""
-    if impl == "auto":
-        if not native_unavailable:
-            return "native"
-        return "loop" if jax.default_backend() == "cpu" and rows >= LOOP_MIN_ROWS else "batched"
-    if impl == "native" and native_unavailable:
-        raise ValueError(f"expert_matmul='native' cannot run: {native_unavailable}. Set MoeConfig.expert_matmul "
-                         "to 'auto' (which falls back to XLA's dot)")
-    return impl
 
 
 def expert_init(scale: float) -> nn.initializers.Initializer:
@@ -218,7 +190,7 @@ class MoeFeedForward(nn.Module):
             "gate": r.gate[..., 0].reshape(batch, length),
             "kept": r.kept[..., 0].reshape(batch, length)})
 
-        # --- experts: one batched FFN over all experts' buffers ---
+        # --- experts: an FFN per expert over its buffer rows ---
         hidden_dropout = nn.Dropout(rate=cfg.expert_dropout, name="expert_dropout")
 
         def activate(proj):
@@ -226,20 +198,11 @@ class MoeFeedForward(nn.Module):
 
         def experts(h: Array, weights=(wi, wo)) -> Array:  # <dtype>[E, N, d_model] -> <dtype>[E, N, d_model]
             w_in, w_out = [w.astype(self.dtype) for w in weights[0]], weights[1].astype(self.dtype)
-            impl = expert_matmul(cfg.expert_matmul, h.shape[1],
-                                 expert_gemm.unsupported_reason(h.shape, w_in[0].shape, self.dtype))
-            if impl in ("batched", "native"):
-                matmul = expert_gemm.expert_matmul if impl == "native" else \
-                    functools.partial(jnp.einsum, "enm,emf->enf")
-                a = activate([matmul(h, w) for w in w_in])
-                a = hidden_dropout(a, deterministic=deterministic)  # paper's "expert dropout" (fine-tuning)
-                return matmul(a, w_out)
-            # One expert at a time: XLA CPU's batched dot slows down as E grows at equal FLOPs (per-expert
-            # matmuls of few rows), and a loop keeps each expert's [N, d_ff] hidden in cache.
-            keep = None
-            if cfg.expert_dropout > 0 and not deterministic:  # the batched path's mask, bit for bit
-                keep = hidden_dropout(jnp.ones(h.shape[:-1] + (self.d_ff,), self.dtype), deterministic=False) != 0
-            return expert_loop.expert_ffn(h, w_in, w_out, activate, keep, cfg.expert_dropout)
+            drop = None
+            if cfg.expert_dropout > 0 and not deterministic:  # paper's "expert dropout" (fine-tuning)
+                drop = lambda a: hidden_dropout(a, deterministic=False)
+            # which matmuls run (XLA's dot, one expert at a time, native kernels) is the backend's: cfg.expert_matmul
+            return expert_backend.expert_ffn(cfg.expert_matmul, h, w_in, w_out, activate, drop, cfg.expert_dropout)
 
         def ragged_experts(rows: Array, sizes: Array, weights=(wi, wo)) -> Array:
             """<dtype>[A, d_model] rows sorted by expert, <int32>[E] rows per expert -> <dtype>[A, d_model]."""
@@ -249,8 +212,6 @@ class MoeFeedForward(nn.Module):
             return grouped.grouped_matmul(a, w_out.astype(self.dtype), sizes, cfg.grouped_matmul)
 
         if devices > 1:
-            from switchrepro.moe import parallel
-
             if cfg.dispatch == "dropless":
                 raise ValueError("the dropless backend runs on one device; with a device mesh set "
                                  "MoeConfig.dispatch = 'scatter'")

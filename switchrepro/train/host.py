@@ -12,10 +12,13 @@ import functools
 import os
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List
 
-from switchrepro.backends.cpu import allocator
+import jax
+
+from switchrepro.backends.cpu import allocator, native
 
 
 def cpu_model() -> str:
@@ -48,7 +51,6 @@ def code_version() -> str:
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", "switchrepro")
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
         try:
             return "switchrepro " + version("switchrepro")
         except PackageNotFoundError:
@@ -56,11 +58,8 @@ def code_version() -> str:
 
 
 def describe() -> Dict[str, Any]:
-    """CPU, usable cores, XLA threading flags and JAX devices of this process."""
-    import jax
-
-    from switchrepro import native
-
+    """CPU, usable cores, XLA threading flags and JAX devices of this process (the trainer adds the run's
+    "expert_path")."""
     usable = len(usable_cores()) or os.cpu_count()
     return {
         "cpu": cpu_model(),

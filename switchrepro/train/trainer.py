@@ -23,12 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
-from switchrepro.config import DistillConfig, ExperimentConfig, ModelConfig, TrainConfig
-from switchrepro.model.decoder_only import build_model
-from switchrepro.model.t5 import Transformer, count_params, init_params
-from switchrepro.train import adafactor
+from switchrepro.backends import experts as expert_backend
+from switchrepro.config import ConfigError, DistillConfig, ExperimentConfig, ModelConfig, TrainConfig, to_dict
+from switchrepro.data import cache as data_cache
+from switchrepro.model.build import build_model, init_params, logical_axes
+from switchrepro.model.t5 import Transformer, count_params
+from switchrepro.moe import grouped, parallel
+from switchrepro.moe.routing import expert_capacity, num_groups
+from switchrepro.train import adafactor, checkpoint
 from switchrepro.train import distill as distill_lib
+from switchrepro.train.finetune import check_same_shapes, peak_score
 from switchrepro.train.host import describe as describe_host
 from switchrepro.train.metrics_log import MetricsLog
 
@@ -270,6 +277,62 @@ def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -
     return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
 
 
+# --------------------------------------------------------------------------------------------- expert path
+
+EXPERT_PATH_KEY = "expert_path"  # top-level key in <run dir>/config.json (not part of the config or its hash)
+
+
+def resolve_expert_path(cfg: ExperimentConfig) -> Tuple[ExperimentConfig, Optional[str]]:
+    """(cfg as this host runs it, the path its experts take here), or (cfg, None) for a dense model.
+
+    The path is switchrepro.backends.experts.resolve_expert_path's ('native', 'xla', 'loop', 'batched'), or for
+    dispatch 'dropless' the grouped matmul ('blocks', 'ragged_dot'). The returned config carries the resolved
+    setting, so nothing inside the traced layers asks the host; the run's hash stays that of `cfg` (with
+    'auto'), and the path is recorded beside it (record_expert_path)."""
+    moe, model = cfg.model.moe, cfg.model
+    if moe is None:
+        return cfg, None
+    if moe.dispatch == "dropless":
+        path = grouped.resolve(moe.grouped_matmul)
+        moe = dataclasses.replace(moe, grouped_matmul=path)
+    else:
+        path = expert_backend.resolve_expert_path(moe.expert_matmul, model.d_model, model.d_ff, model.dtype)
+        moe = dataclasses.replace(moe, expert_matmul=expert_backend.expert_matmul_setting(path))
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, moe=moe)), path
+
+
+def recorded_expert_path(run_dir: Path) -> Optional[str]:
+    """The expert path that `run_dir` was trained on (its config.json's "expert_path"), None if none is recorded
+    (a new run, a dense model, or a run from before paths were recorded)."""
+    saved = Path(run_dir) / "config.json"
+    if not saved.exists():
+        return None
+    try:
+        return json.loads(saved.read_text()).get(EXPERT_PATH_KEY)
+    except ValueError:  # the CLI reports a damaged config.json when it loads the run; nothing to compare here
+        return None
+
+
+def record_expert_path(run_dir: Path, cfg: ExperimentConfig, path: str) -> None:
+    """Writes `path` as config.json's top-level "expert_path" (config.json holds `cfg`, the unresolved
+    configuration, when the caller has not saved it yet)."""
+    saved = Path(run_dir) / "config.json"
+    d = json.loads(saved.read_text()) if saved.exists() else to_dict(cfg)
+    if d.get(EXPERT_PATH_KEY) != path:
+        d[EXPERT_PATH_KEY] = path
+        saved.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def check_expert_path(run_dir: Path, recorded: Optional[str], path: Optional[str], allow_change: bool) -> None:
+    """Raises ConfigError when a resumed run would continue on another expert path than it was trained on
+    (different kernels round differently: the rest of the run would not be the run it continues), unless
+    `allow_change`."""
+    if recorded is None or path is None or recorded == path or allow_change:
+        return
+    raise ConfigError(f"{run_dir} was trained on the expert path '{recorded}' and this host would take '{path}'; "
+                      f"pass --allow-expert-path-change to continue on {path}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
     """Where a sharded run keeps things: `state` (a TrainState of NamedShardings), `batch` (one sharding for
@@ -281,8 +344,6 @@ class Placement:
     replicated: Any
 
     def place_batch(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
-        from switchrepro.moe import parallel
-
         return parallel.shard_batch(self.mesh, batch)
 
 
@@ -315,11 +376,6 @@ def _initial_state_and_placement(cfg: ExperimentConfig, mesh):
 def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
     """Shardings for a run on `mesh`: expert kernels over 'expert', optimizer state like its parameter,
     batches over every device. Raises ValueError when experts or batch do not divide over the mesh."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from switchrepro.model.t5 import logical_axes
-    from switchrepro.moe import parallel
-
     parallel.check_fits(mesh, cfg.model.moe and cfg.model.moe.num_experts, cfg.data.batch_size)
     param_sh = parallel.tree_shardings(mesh, logical_axes(cfg.model))
     opt_abstract = jax.eval_shape(optimizer.init, params)
@@ -332,8 +388,13 @@ def placement(cfg: ExperimentConfig, mesh, params, optimizer) -> Placement:
 def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, progress: Optional[bool] = None,
           stop_after: Optional[int] = None, echo: Callable[[str], None] = print, mesh=None,
           teacher: Optional[Tuple[Transformer, Any]] = None, pretrained: Any = None,
-          downstream_eval: Optional[Callable[[Any, int], Dict[str, Any]]] = None) -> RunResult:
+          downstream_eval: Optional[Callable[[Any, int], Dict[str, Any]]] = None,
+          allow_expert_path_change: bool = False) -> RunResult:
     """Trains `cfg` in `run_dir`, resuming from the latest checkpoint there.
+
+    The experts' path (native kernels or XLA's dot, resolve_expert_path) is resolved once, here, and recorded
+    in run_dir/config.json and the host description; a resume on a host that would take another path raises
+    ConfigError, unless `allow_expert_path_change`.
 
     Args:
       train_cache, eval_cache: `switchrepro.data.cache.Cache` objects.
@@ -350,9 +411,6 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         parallelism, or None for one device. Metrics equal the one-device run's up to float32 rounding
         when every device routes the same groups (see MoeFeedForward).
     """
-    from switchrepro.data import cache as data_cache
-    from switchrepro.train import checkpoint
-
     cfg.validate()
     tc, dc = cfg.train, cfg.data
     if (cfg.distill is None) != (teacher is None):
@@ -360,15 +418,21 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     if (cfg.finetune is None) != (pretrained is None):
         raise ValueError("pass the pre-trained params exactly when the config has a FinetuneConfig")
     run_dir.mkdir(parents=True, exist_ok=True)
+    as_configured = cfg
+    cfg, expert_path = resolve_expert_path(cfg)
     model, optimizer, state, step_key, place = _initial_state_and_placement(cfg, mesh)
     params = state.params
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state, echo=echo, set_aside=True)
     start = int(state.step)
+    if 0 < start < tc.steps:
+        try:
+            check_expert_path(run_dir, recorded_expert_path(run_dir), expert_path, allow_expert_path_change)
+        except ConfigError:
+            ckpt.close()
+            raise
     transfer = None
     if start == 0 and pretrained is not None:
-        from switchrepro.train.finetune import check_same_shapes
-
         check_same_shapes(pretrained, state.params)
         params = jax.tree_util.tree_map(jnp.copy, pretrained)  # the step donates the state, never the caller's arrays
         state = TrainState(step=state.step, params=params, opt_state=optimizer.init(params))
@@ -392,6 +456,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
     if cfg.model.moe is not None:
         echo("expert capacity per layer: " + capacity_summary(cfg, dc, 1 if mesh is None else mesh.size))
     host = describe_host()
+    if expert_path is not None:
+        host[EXPERT_PATH_KEY] = expert_path
+    if start < tc.steps and expert_path is not None:
+        record_expert_path(run_dir, as_configured, expert_path)
+        echo(f"expert path: {expert_path}")
     if start < tc.steps:  # every process that trains this run, resumes included
         with (run_dir / "hosts.jsonl").open("a") as f:
             f.write(json.dumps({"resumed_at_step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **host}) + "\n")
@@ -468,8 +537,6 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
         # (also when a crash tore the "done" line itself: the resumed run starts at the last step)
         peak = {}
         if cfg.finetune is not None:  # the paper reports a fine-tuning run's best validation score
-            from switchrepro.train.finetune import peak_score
-
             best = peak_score(rows)
             peak = {"peak_eval_score": best["value"], "peak_step": best["step"]} if best else {}
         log.write({"step": tc.steps, "event": "done", **{k: v for k, v in final.items() if k.startswith("eval_")
@@ -480,9 +547,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, *, train_cache, eval_cache, prog
 def restore_params(cfg: ExperimentConfig, run_dir: Path, echo: Callable[[str], None] = print):
     """(model, params, step) of the latest checkpoint in `run_dir`, trained with `cfg` (a teacher, or a
     pre-trained model to fine-tune). Raises FileNotFoundError when the run has no checkpoint."""
-    from switchrepro.train import checkpoint
-
-    model, _, state, _ = initial_state(cfg)
+    model, _, state, _ = initial_state(resolve_expert_path(cfg)[0])
     ckpt = checkpoint.Checkpointer(Path(run_dir) / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:
         if ckpt.manager.latest_step() is None:
@@ -497,14 +562,12 @@ def load_params(cfg: ExperimentConfig, run_dir: Optional[Path] = None, exported:
                 echo: Callable[[str], None] = print):
     """(model, params, step) of a finished run: from its exported parameters (`exported`, see
     checkpoint.export_params) if given, else from the latest checkpoint in `run_dir` (`restore_params`)."""
-    from switchrepro.train import checkpoint
-
     if exported is None:
         return restore_params(cfg, run_dir, echo=echo)
     shapes = jax.eval_shape(lambda: init_params(cfg.model, jax.random.PRNGKey(0), inputs_length=cfg.data.inputs_length,
                                                 targets_length=cfg.data.targets_length)[1])  # shapes only, no init
     params, step = checkpoint.load_exported_params(exported, shapes)
-    return build_model(cfg.model), params, step
+    return build_model(resolve_expert_path(cfg)[0].model), params, step
 
 
 def _last_eval_row(rows) -> Dict[str, Any]:
@@ -514,8 +577,6 @@ def _last_eval_row(rows) -> Dict[str, Any]:
 
 def memory_summary(train_step, state, batch, step_key, mesh) -> str:
     """Per-device bytes of parameters, optimizer state and the step's temporaries (XLA's estimate)."""
-    from switchrepro.moe import parallel
-
     mib = lambda b: f"{b / 2**20:.1f} MiB"
     params, opt = parallel.per_device_bytes(state.params), parallel.per_device_bytes(state.opt_state)
     try:
@@ -528,8 +589,6 @@ def memory_summary(train_step, state, batch, step_key, mesh) -> str:
 
 
 def capacity_summary(cfg: ExperimentConfig, dc, devices: int = 1) -> str:
-    from switchrepro.moe.routing import expert_capacity, num_groups
-
     m = cfg.model.moe
     parts = []
     for stack, length in (("encoder", dc.inputs_length), ("decoder", dc.targets_length)):
@@ -565,6 +624,4 @@ class _Throughput:
 
 
 def _progress(start: int, total: int, show: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=start, disable=not show, unit="step", dynamic_ncols=True, leave=False)

@@ -9,7 +9,7 @@ Same values and gradients as `jax.lax.map` over the experts with jax's autodiff 
 with less memory traffic per step. Autodiff of a map writes every per-expert output, saved activation and
 weight gradient into a stacked buffer that it first fills with zeros; at 128 experts of d_model 256 and d_ff
 1024 the weight-gradient buffers alone are 256 MiB, zero-filled and then overwritten in every step. Here each
-stacked buffer starts uninitialised (switchrepro.native) and each expert's slice is written once. The
+stacked buffer starts uninitialised (backends/cpu/native) and each expert's slice is written once. The
 backward saves only the pre-activations z and recomputes a = activate(z) per expert, while that expert's rows
 are in cache.
 """
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from switchrepro import linalg
-from switchrepro.native import uninitialized
+from switchrepro.backends.cpu.native import uninitialized
 
 Array = jax.Array
 Activation = Callable[[Sequence[Array]], Array]  # [z_1, ..., z_k], each <dtype>[N, F] -> <dtype>[N, F]

@@ -3,8 +3,8 @@
 * uninitialized.cc: an output buffer that is not zero-filled (`uninitialized`);
 * expert_gemm.cc: grouped float32 matmuls over stacked experts (`expert_gemm.py`), AVX-512 only.
 
-`make install` builds the library with the C++ compiler (`python -m switchrepro.native`), against the
-installed jaxlib's XLA FFI headers, into this folder; its name carries the jaxlib version, so after an upgrade
+`make install` builds the library with the C++ compiler (`python -m switchrepro.backends.cpu.native`), against
+the installed jaxlib's XLA FFI headers, into this folder; its name carries the jaxlib version, so after an upgrade
 the old build is ignored until it is rebuilt. Without it (no compiler, another jaxlib, SWITCHREPRO_NATIVE=0, or
 a GPU/TPU), `uninitialized` returns zeros and the MoE layer uses XLA's dot: the same numbers up to float32
 rounding, slower on CPU.
@@ -42,7 +42,7 @@ def status() -> str:
         if os.environ.get(ENABLE_ENV, "1") == "0":
             _state = f"off ({ENABLE_ENV}=0): buffers are zero-filled"
         elif not LIBRARY.exists():
-            _state = f"not built for jaxlib {jaxlib.__version__} (run `python -m switchrepro.native`): " \
+            _state = f"not built for jaxlib {jaxlib.__version__} (run `python -m switchrepro.backends.cpu.native`): " \
                      "buffers are zero-filled"
         else:
             try:
@@ -106,13 +106,15 @@ def build(compiler: Optional[str] = None, library: Path = LIBRARY, flags: Sequen
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
-    where = library.relative_to(HERE.parent.parent) if library.is_relative_to(HERE.parent.parent) else library
+    root = HERE.parents[3]  # the checkout (or site-packages) that holds switchrepro/
+    where = library.relative_to(root) if library.is_relative_to(root) else library
     return f"built {where} with {compiler}"
 
 
 def main() -> int:
     try:
-        print(f"switchrepro.native: {build()}")
+        print(f"switchrepro.backends.cpu.native: {build()}")
     except RuntimeError as e:  # the package works without the library; say so, do not fail the install
-        print(f"switchrepro.native: warning: {e}\nswitchrepro runs without it, zero-filling buffers", file=sys.stderr)
+        print(f"switchrepro.backends.cpu.native: warning: {e}\nswitchrepro runs without it, zero-filling buffers",
+              file=sys.stderr)
     return 0

@@ -1,5 +1,5 @@
 import sys
 
-from switchrepro.native import main
+from switchrepro.backends.cpu.native import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@
 // register (k-blocks of KC added in order), so results do not depend on the thread count.
 //
 // AVX-512F only: SwitchreproExpertGemmSupported() says whether this CPU has it; without it Python falls back
-// to XLA's dot (switchrepro/native/expert_gemm.py). On other architectures the file still compiles (the
+// to XLA's dot (switchrepro/backends/cpu/native/expert_gemm.py). On other architectures the file still compiles (the
 // library's other handler is needed there), with handlers that only return an error.
 #ifndef SWITCHREPRO_X86  // -DSWITCHREPRO_X86=0 builds the error-only handlers (a compile check elsewhere)
 #if defined(__x86_64__)

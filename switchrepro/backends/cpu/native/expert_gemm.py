@@ -13,7 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from switchrepro import linalg, native
+from switchrepro import linalg
+from switchrepro.backends.cpu import native
 
 Array = jax.Array
 

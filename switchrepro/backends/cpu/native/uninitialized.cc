@@ -2,7 +2,7 @@
 //
 // jnp.zeros would do, but on CPU it costs a full write of the buffer: for a Switch layer's stacked
 // expert-weight gradients (128 experts x 2 x 1 MiB) that memset is about a tenth of the layer's
-// backward pass. Every caller (switchrepro/moe/expert_loop.py) overwrites each element before reading it.
+// backward pass. Every caller (switchrepro/backends/cpu/expert_loop.py) overwrites each element before reading it.
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
