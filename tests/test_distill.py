@@ -11,8 +11,10 @@ import pytest
 from conftest import TINY_MODEL, TINY_MOE
 from flax import traverse_util
 
-from switchrepro.model.t5 import init_params
-from switchrepro.train import distill
+from switchrepro.config import DistillConfig, TrainConfig
+from switchrepro.model.build import init_params
+from switchrepro.model.t5 import dummy_batch
+from switchrepro.train import distill, trainer
 
 LN2 = math.log(2.0)
 
@@ -110,10 +112,6 @@ def test_transfer_from_a_switch_teacher_to_its_flop_matched_dense_student():
 def test_distillation_step_at_teacher_weight_zero_is_the_plain_step():
     """The trainer's distillation step with no soft share takes the plain step (same loss and gradients, so
     the same SGD update, up to float32 rounding), while a soft share changes the update."""
-    from switchrepro.config import DistillConfig, TrainConfig
-    from switchrepro.model.t5 import dummy_batch
-    from switchrepro.train import trainer
-
     teacher_model, teacher_params = init_params(dataclasses.replace(TINY_MODEL, moe=TINY_MOE), jax.random.PRNGKey(0))
     model, params = init_params(TINY_MODEL, jax.random.PRNGKey(1))
     tc = TrainConfig(steps=10)

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, TINY_MOE
 
-from switchrepro.config import FinetuneConfig, MoeConfig
+from switchrepro.config import ConfigError, ExperimentConfig, FinetuneConfig, MoeConfig, to_dict
+from switchrepro.config.store import config_hash
+from switchrepro.data import cache as data_cache
 from switchrepro.data.vocab import decode_ids
+from switchrepro.model.build import init_params
 from switchrepro.model.decoding import greedy_decode
-from switchrepro.model.t5 import init_params
-from switchrepro.train import finetune
+from switchrepro.train import finetune, trainer
+from switchrepro.train.metrics_log import read_metrics
 
 SMALL = dataclasses.replace(TINY_MODEL, vocab_size=384, d_model=32, d_ff=64, d_kv=8)
 
@@ -99,9 +102,6 @@ def test_decode_ids_bytes_literal():
 
 
 def test_finetune_config_validation_and_hash_compatibility():
-    from switchrepro.config import ConfigError, ExperimentConfig, to_dict
-    from switchrepro.config.store import config_hash
-
     with pytest.raises(ConfigError, match="pretrained"):
         FinetuneConfig().validate()
     plain = ExperimentConfig()
@@ -116,10 +116,6 @@ def test_finetune_config_validation_and_hash_compatibility():
 def test_trainer_starts_from_the_pretrained_params_and_logs_the_peak(tiny_experiment, tmp_path):
     """A fine-tuning run starts from the given parameters (its first step stays close to them, far from a fresh
     initialisation), calls the downstream evaluation at each eval, and logs the peak in its done event."""
-    from switchrepro.data import cache as data_cache
-    from switchrepro.train import trainer
-    from switchrepro.train.metrics_log import read_metrics
-
     base = tiny_experiment(steps=4, eval_every=2, log_every=1, checkpoint_every=100)
     cfg = dataclasses.replace(base, finetune=FinetuneConfig(pretrained="p"))
     _, fresh = init_params(cfg.model, jax.random.PRNGKey(cfg.train.seed), inputs_length=64, targets_length=16)

@@ -30,7 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from switchrepro.moe import dispatch
-from switchrepro.moe.routing import Routing
+from switchrepro.moe.routing import Routing, num_groups
 
 Array = jax.Array
 AXES = ("data", "expert")
@@ -209,8 +209,6 @@ def all_to_all_bytes(tokens: int, group_size: int, num_experts: int, capacity: i
     Each device holds [E, G_local, C, M] buffers and keeps 1/De of them; the rest crosses the wire, out
     and back. The backward pass sends the same again.
     """
-    from switchrepro.moe.routing import num_groups
-
     local = tokens // mesh.size
     g = num_groups(local, group_size)
     de = mesh.shape["expert"]

@@ -23,6 +23,10 @@ import jax
 import numpy as np
 
 from switchrepro.config import ExperimentConfig
+from switchrepro.data import TASK_INFO, task_info
+from switchrepro.data.downstream import resolve_task, score_in_subprocess
+from switchrepro.data.vocab import decode_ids, load_sentencepiece
+from switchrepro.model.decoding import greedy_decode
 
 PREDICTIONS_DIR = "predictions"
 
@@ -30,9 +34,6 @@ PREDICTIONS_DIR = "predictions"
 def downstream_name(data_task: str) -> str:
     """The scorer's name for a seqio task (switchrepro_byte_sentiment -> sentiment, switchrepro_glue_sst2 ->
     glue_sst2). Raises ValueError for a task that is not text-to-text, naming the ones that are."""
-    from switchrepro.data import TASK_INFO
-    from switchrepro.data.downstream import resolve_task
-
     info = TASK_INFO.get(data_task)
     if info is None or info.kind != "text2text":
         offline = ", ".join(n for n, i in TASK_INFO.items() if i.kind == "text2text" and i.tfds_name is None)
@@ -92,8 +93,6 @@ class DownstreamEval:
 
     def __init__(self, cfg: ExperimentConfig, model, eval_cache, texts: List[Dict[str, str]], run_dir: Path,
                  scorer: Optional[Callable[[str, List[str], List[str]], Dict[str, float]]] = None):
-        from switchrepro.data import task_info
-
         if len(texts) != eval_cache.num_examples:
             raise ValueError(f"{len(texts)} validation texts for {eval_cache.num_examples} rows: rebuild the cache")
         self.cfg, self.model, self.run_dir = cfg, model, Path(run_dir)
@@ -103,15 +102,10 @@ class DownstreamEval:
         n = cfg.finetune.decode_examples or eval_cache.num_examples
         self.inputs = np.asarray(eval_cache.arrays["encoder_input_tokens"][:n], np.int32)
         self.texts = texts[:n]
-        if scorer is None:
-            from switchrepro.data.downstream import score_in_subprocess as scorer
-        self.scorer = scorer
+        self.scorer = score_in_subprocess if scorer is None else scorer
         self._sp = None
 
     def predictions(self, params) -> List[str]:
-        from switchrepro.data.vocab import decode_ids, load_sentencepiece
-        from switchrepro.model.decoding import greedy_decode
-
         if self.vocabulary == "spm8k" and self._sp is None:
             self._sp = load_sentencepiece()
         batch, out = self.cfg.data.batch_size, []
