@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from switchrepro.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig
 from switchrepro.data import (
     BYTE_SPAN20_CORRUPTION_TASK,
     BYTE_SPAN_CORRUPTION_TASK,
@@ -143,8 +144,6 @@ def test_cache_key_names_the_tasks_vocabulary_and_span_settings():
 
 
 def test_model_vocab_must_match_the_tasks_vocabulary():
-    from switchrepro.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig
-
     byte_data = DataConfig(task=BYTE_SPAN_CORRUPTION_TASK)
     ExperimentConfig(model=ModelConfig(vocab_size=384), data=byte_data).validate()
     # 8192 ids on 384-id data would train, but waste most of the softmax; 384 on 8192-id data would

