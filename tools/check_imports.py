@@ -14,7 +14,7 @@ It reports, one line each, and exits 1 if there is any:
               `from m import _x` or as `m._x` on an imported module: make it public or move it.
 
 Package __init__ re-exports make parent <-> child edges that are not design cycles, so an import of a
-package's own __init__ from inside that package is not counted (as /work's shared import_cycles does).
+package's own __init__ from inside that package is not counted as a dependency.
 """
 
 from __future__ import annotations
