@@ -49,7 +49,6 @@ from switchrepro.train.run_lock import run_dir_lock
 
 Echo = Callable[[str], None]
 PathLike = Union[str, Path]
-PLOT_ALIASES = {"scaling": "scaling", "speed-quality": "table1"}
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 WORKER_ENV, WORKER_CORE_ENV = "SWITCHREPRO_WORKER", "SWITCHREPRO_WORKER_CORE"
 
@@ -87,13 +86,13 @@ def table_spec(name: str) -> TableSpec:
     """The TableSpec of table `name` (gin/tables/<name>.gin), checked against the registry: an unknown table,
     or a claim of the table naming a row the gin file lacks, is a UserError."""
     try:
-        tables.get(name)
+        table = tables.get(name)
     except ValueError:
         raise UserError(f"unknown table {name!r}; choose one of: {', '.join(tables.NAMES)}") from None
     with user_errors():
         spec = G.parse_table(name)
     try:
-        tables.check_rows(name, [r.name for r in spec.rows])
+        table.check_rows([r.name for r in spec.rows])
     except ValueError as e:
         raise UserError(str(e)) from None
     return spec
@@ -530,17 +529,10 @@ def run_table(name: str, scale: str = "mini", *, seeds: Optional[int] = None,
     return table
 
 
-def _require_results(name: str, scale: str, results_dir: Path) -> None:
-    if not store.has_results(results_dir, scale, name):
-        raise UserError(f"no results for {name} at scale {scale} in {results_dir}: run "
-                        f"`switchrepro run {name} --scale {scale}` first")
-
-
 def load_table(name: str, scale: str = "mini", results_dir: PathLike = "results") -> LoadedTable:
     """Table `name`'s saved results at `scale` (what `run_table` wrote) with its verdicts judged:
     `.results`, `.curves`, `.loads`, `.verdicts`, `.summary` (see switchrepro.experiments.results)."""
     spec = table_spec(name)
-    _require_results(name, scale, Path(results_dir))
     with user_errors():
         return results.load_table(spec, scale, Path(results_dir))
 
@@ -548,9 +540,7 @@ def load_table(name: str, scale: str = "mini", results_dir: PathLike = "results"
 def plot(what: str, scale: str = "mini", results_dir: PathLike = "results") -> List[Path]:
     """Draws WHAT (scaling, speed-quality, or a table name) as PNG and SVG under results/<scale>/plots/;
     returns the files written."""
-    name = PLOT_ALIASES.get(what, what)
-    spec = table_spec(name)
-    _require_results(name, scale, Path(results_dir))
+    spec = table_spec(tables.plot_target(what))
     with user_errors():
         return results.plot(what, spec, scale, Path(results_dir))
 
@@ -559,7 +549,5 @@ def write_report(scale: str = "mini", results_dir: PathLike = "results") -> Tupl
     """Writes results/<scale>/REPORT.md from every table that has results; returns (its path, those tables)."""
     results_dir = Path(results_dir)
     specs = {name: table_spec(name) for name in tables.NAMES if store.has_results(results_dir, scale, name)}
-    if not specs:
-        raise UserError(f"no results at scale {scale} in {results_dir}: run `switchrepro run TABLE --scale {scale}`")
-    with user_errors():
+    with user_errors():  # none: a one-line error saying how to make some
         return results.write_report(scale, results_dir, specs)

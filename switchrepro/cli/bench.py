@@ -11,9 +11,11 @@ from typing import List, Optional
 import click
 
 from switchrepro import api
-from switchrepro import bench as B
-from switchrepro import bench_peer as P
 from switchrepro import config as C
+from switchrepro.bench import attention as bench_attention_lib
+from switchrepro.bench import moe as bench_moe_lib
+from switchrepro.bench import peer as P
+from switchrepro.bench import table as bench_table_lib
 from switchrepro.cli.common import SCALES, UserError, results_dir_option, start_compute, writable_parent
 from switchrepro.experiments import store
 from switchrepro.moe import parallel
@@ -72,9 +74,9 @@ def bench_moe(counts: List[int], repeats: int, whole_model_steps: int, output: O
                                  f"over the {mesh.size} devices of the mesh; pass a multiple of {128 * mesh.size}")
         except ValueError as err:
             raise UserError(str(err)) from err
-        text = B.run_mesh_bench(mesh, counts, repeats=repeats, tokens=tokens, echo=click.echo)
+        text = bench_moe_lib.run_mesh_bench(mesh, counts, repeats=repeats, tokens=tokens, echo=click.echo)
     else:
-        text = B.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, tokens=tokens,
+        text = bench_moe_lib.run_moe_bench(counts, repeats=repeats, whole_model_steps=whole_model_steps, tokens=tokens,
                                pairs=pairs, echo=click.echo)
     if output:
         output.write_text(text)
@@ -99,7 +101,8 @@ def bench_attention(lengths: str, batch_size: int, pairs: int, warmup: int, outp
     if not wanted or min(wanted) < 2:
         raise UserError(f"--lengths needs context lengths >= 2, got {lengths!r}")
     writable_parent(output)
-    text = B.run_attention_bench(wanted, batch_size=batch_size, pairs=pairs, warmup=warmup, echo=click.echo)
+    text = bench_attention_lib.run_attention_bench(wanted, batch_size=batch_size, pairs=pairs, warmup=warmup,
+                                                   echo=click.echo)
     if output:
         output.write_text(text)
 
@@ -139,7 +142,7 @@ def bench_table(table, scale, rows, steps, output, bindings, rounds, save, resul
     click.echo(where)
     click.echo(f"{table} at {scale} scale, {spec.seeds[scale]} seed(s) per row; {steps} timed steps per row "
                f"and round, {rounds} round(s)")
-    text, timed = B.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps,
+    text, timed = bench_table_lib.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps,
                                     rounds=rounds, echo=click.echo)
     command = shlex.join(["switchrepro"] + sys.argv[1:])
     if output:

@@ -1,9 +1,13 @@
 """Typed, frozen configuration for models, MoE layers, data and training.
 
 The library is plain Python: these dataclasses are the whole configuration
-surface. gin only binds them at the command-line edge (`switchrepro.cli`), as in
-T5X. Every field has a default so that a config can be built in a test with a
-few keyword arguments.
+surface. gin only binds them at the edge (`switchrepro.config.gin`, which the
+command line and `switchrepro.api` use), as in T5X. Every field has a default so
+that a config can be built in a test with a few keyword arguments.
+
+Beside them: `config.tables` (what a paper table is: TableSpec, Row, PruningSpec),
+`config.store` (a config's hash, its config.json, the run directory holding it)
+and `config.gin` (gin files and bindings -> these dataclasses).
 """
 
 from __future__ import annotations
@@ -209,7 +213,7 @@ class DistillConfig:
     directory) says which teacher it learned from wherever the runs live.
     """
 
-    teacher: str = ""  # the teacher run's configuration hash (switchrepro.experiments.runner.config_hash)
+    teacher: str = ""  # the teacher run's configuration hash (switchrepro.config.store.config_hash)
     teacher_weight: float = 0.25  # soft (teacher) share of the loss; the paper's "0.75 mix" of hard and soft
     temperature: float = 1.0
     init_from_teacher: bool = True  # start from the teacher's non-expert weights (those of matching path and shape)
@@ -232,7 +236,7 @@ class FinetuneConfig:
     functions; a run reports its peak validation score, as the paper does.
     """
 
-    pretrained: str = ""  # the pre-trained run's configuration hash (switchrepro.experiments.runner.config_hash)
+    pretrained: str = ""  # the pre-trained run's configuration hash (switchrepro.config.store.config_hash)
     decode_examples: int = 256  # validation examples decoded and scored at each evaluation (0: all)
 
     def validate(self) -> None:
