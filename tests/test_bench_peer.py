@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from switchrepro import bench_peer as P
+from switchrepro.bench import peer as P
+from switchrepro.bench import peer_hf as H
 from switchrepro.cli import main
-from switchrepro.model.t5 import count_params, init_params
+from switchrepro.model.build import init_params
+from switchrepro.model.t5 import count_params
 from switchrepro.train import trainer
 
 # Tiny shapes: 2+2 layers (Switch FFN at layer 1 of each stack), everything in seconds.
@@ -69,15 +71,15 @@ def test_missing_peer_packages_is_a_one_line_error(monkeypatch, missing):
 ])
 def test_impossible_settings_fail_before_any_worker_starts(monkeypatch, args, message):
     monkeypatch.setattr(P, "missing_peer_packages", lambda: [])
-    monkeypatch.setattr(P, "_Worker", None)  # a started worker would be a TypeError, not an error line
+    monkeypatch.setattr(P, "Worker", None)  # a started worker would be a TypeError, not an error line
     result = CliRunner().invoke(main, ["bench", "peer", *args])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and message in result.output
 
 
 def test_a_failing_worker_is_a_one_line_error_carrying_its_stderr():
-    with pytest.raises(P.PeerError) as err:  # the worker dies on the bad job before importing jax or torch
-        P._Worker("jax", "T5 dense", {"spec": {"no_such_field": 1}, "experts": 0}, P._worker_env(1))
+    with pytest.raises(P.PeerError) as err:  # the worker dies on the bad job, before building its side
+        P.Worker("jax", "T5 dense", {"spec": {"no_such_field": 1}, "experts": 0}, P.worker_env(1))
     message = str(err.value)
     assert "the jax worker (T5 dense) exited with status 1" in message and "no_such_field" in message
     assert "\n" not in message and "Traceback" in err.value.detail
@@ -113,8 +115,8 @@ def test_hf_model_has_our_parameters_and_structure(experts):
     _peer()
     cfg = P.model_config(TINY, experts)
     _, params = init_params(cfg, jax.random.PRNGKey(0), inputs_length=16, targets_length=8)
-    hf = P.build_hf_model(TINY, experts)
-    assert P.count_hf_params(hf) == count_params(params)
+    hf = H.build_hf_model(TINY, experts)
+    assert H.count_hf_params(hf) == count_params(params)
     assert hf.encoder.embed_tokens is hf.shared and hf.decoder.embed_tokens is hf.shared
     assert hf.lm_head.weight is not hf.shared.weight
     if experts:
@@ -136,8 +138,8 @@ def test_hf_model_computes_our_function_on_our_weights(experts):
     if experts:  # capacity_factor_eval = E: no token dropped in ours; HF's capacity = the sequence length
         cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, capacity_factor_eval=float(experts)))
     model, params = init_params(cfg, jax.random.PRNGKey(1), inputs_length=16, targets_length=8)
-    hf = P.build_hf_model(TINY, experts, {"encoder_capacity": 16, "decoder_capacity": 8})
-    P.load_switchrepro_params(hf, jax.tree_util.tree_map(np.asarray, params), cfg)
+    hf = H.build_hf_model(TINY, experts, {"encoder_capacity": 16, "decoder_capacity": 8})
+    H.load_switchrepro_params(hf, jax.tree_util.tree_map(np.asarray, params), cfg)
     ours, _ = model.apply({"params": params}, _jax_batch(TINY), deterministic=True)
     hf.eval()
     with torch.no_grad():
@@ -160,7 +162,7 @@ def test_first_training_losses_are_near_ln_vocab_on_both_sides(experts):
     state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
     _, metrics = trainer.make_train_step(model, opt, tc)(state, _jax_batch(spec), jax.random.PRNGKey(0))
     torch.manual_seed(0)
-    hf = P.build_hf_model(spec, experts)
+    hf = H.build_hf_model(spec, experts)
     hf.train()
     inputs = _torch_inputs(spec)
     if experts:
@@ -168,7 +170,7 @@ def test_first_training_losses_are_near_ln_vocab_on_both_sides(experts):
     ln_v = np.log(spec.vocab_size)
     assert abs(float(metrics["loss"]) - ln_v) < 0.5
     for kind in P.HF_OPTIMIZERS:
-        hf_opt = P.make_hf_optimizer(hf.parameters(), kind)
+        hf_opt = H.make_hf_optimizer(hf.parameters(), kind)
         loss = hf(**inputs).loss
         assert abs(float(loss.detach()) - ln_v) < 0.5
         loss.backward()

@@ -11,7 +11,7 @@ from switchrepro.backends.cpu.native import expert_gemm
 from switchrepro.config import ConfigError, MoeConfig, to_dict
 from switchrepro.config.store import config_hash
 from switchrepro.data import cache as data_cache
-from switchrepro.train import trainer
+from switchrepro.train import expert_path, trainer
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def caches(tiny_experiment):
 
 def test_resolution_replaces_auto_and_keeps_the_hash(tiny_experiment):
     cfg = tiny_experiment()
-    resolved, path = trainer.resolve_expert_path(cfg)
+    resolved, path = expert_path.resolve_expert_path(cfg)
     here = expert_backend.resolve_expert_path("auto", cfg.model.d_model, cfg.model.d_ff, cfg.model.dtype)
     assert path == here and path in expert_backend.EXPERT_PATHS
     assert resolved.model.moe.expert_matmul == expert_backend.expert_matmul_setting(path)
@@ -31,10 +31,10 @@ def test_resolution_replaces_auto_and_keeps_the_hash(tiny_experiment):
     if path == "native":
         assert config_hash(resolved) != config_hash(cfg)  # which is why the resolved one is never hashed
     dense = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, moe=None))
-    assert trainer.resolve_expert_path(dense) == (dense, None)
+    assert expert_path.resolve_expert_path(dense) == (dense, None)
     dropless = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, moe=MoeConfig(num_experts=4,
                                                                                          dispatch="dropless")))
-    resolved, path = trainer.resolve_expert_path(dropless)
+    resolved, path = expert_path.resolve_expert_path(dropless)
     assert path in ("blocks", "ragged_dot") and resolved.model.moe.grouped_matmul == path
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from switchrepro.config import ExperimentConfig
 from switchrepro.train import trainer
 from switchrepro.train.checkpoint import Checkpointer
+from switchrepro.train.expert_path import resolve_expert_path
 
 
 def agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -72,7 +73,7 @@ def inspect_run(cfg: ExperimentConfig, run_dir: Path, batch: Dict[str, np.ndarra
     (share of real tokens over capacity) and same_expert_as_previous (share of real tokens whose first
     choice is unchanged since the previous checkpoint listed; NaN for the first).
     """
-    model, _, state, _ = trainer.initial_state(trainer.resolve_expert_path(cfg)[0])  # this host's expert path
+    model, _, state, _ = trainer.initial_state(resolve_expert_path(cfg)[0])  # this host's expert path
     ckpt = Checkpointer(Path(run_dir, "checkpoints"), keep=cfg.train.keep_checkpoints)
     available = ckpt.steps()
     steps = available if steps is None else sorted(steps)

@@ -26,15 +26,21 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from switchrepro.backends import experts as expert_backend
-from switchrepro.config import ConfigError, DistillConfig, ExperimentConfig, ModelConfig, TrainConfig, to_dict
+from switchrepro.config import ConfigError, DistillConfig, ExperimentConfig, ModelConfig, TrainConfig
 from switchrepro.data import cache as data_cache
 from switchrepro.model.build import build_model, init_params, logical_axes
 from switchrepro.model.t5 import Transformer, count_params
-from switchrepro.moe import grouped, parallel
+from switchrepro.moe import parallel
 from switchrepro.moe.routing import expert_capacity, num_groups
 from switchrepro.train import adafactor, checkpoint
 from switchrepro.train import distill as distill_lib
+from switchrepro.train.expert_path import (
+    EXPERT_PATH_KEY,
+    check_expert_path,
+    record_expert_path,
+    recorded_expert_path,
+    resolve_expert_path,
+)
 from switchrepro.train.finetune import check_same_shapes, peak_score
 from switchrepro.train.host import describe as describe_host
 from switchrepro.train.metrics_log import MetricsLog
@@ -275,62 +281,6 @@ def flops_per_token(cfg: ModelConfig, inputs_length: int, targets_length: int) -
         return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
     per_example = (enc + cross_kv) * inputs_length + (dec + logits) * targets_length
     return {"flops_per_example": float(per_example), "flops_per_target_token": per_example / targets_length}
-
-
-# --------------------------------------------------------------------------------------------- expert path
-
-EXPERT_PATH_KEY = "expert_path"  # top-level key in <run dir>/config.json (not part of the config or its hash)
-
-
-def resolve_expert_path(cfg: ExperimentConfig) -> Tuple[ExperimentConfig, Optional[str]]:
-    """(cfg as this host runs it, the path its experts take here), or (cfg, None) for a dense model.
-
-    The path is switchrepro.backends.experts.resolve_expert_path's ('native', 'xla', 'loop', 'batched'), or for
-    dispatch 'dropless' the grouped matmul ('blocks', 'ragged_dot'). The returned config carries the resolved
-    setting, so nothing inside the traced layers asks the host; the run's hash stays that of `cfg` (with
-    'auto'), and the path is recorded beside it (record_expert_path)."""
-    moe, model = cfg.model.moe, cfg.model
-    if moe is None:
-        return cfg, None
-    if moe.dispatch == "dropless":
-        path = grouped.resolve(moe.grouped_matmul)
-        moe = dataclasses.replace(moe, grouped_matmul=path)
-    else:
-        path = expert_backend.resolve_expert_path(moe.expert_matmul, model.d_model, model.d_ff, model.dtype)
-        moe = dataclasses.replace(moe, expert_matmul=expert_backend.expert_matmul_setting(path))
-    return dataclasses.replace(cfg, model=dataclasses.replace(model, moe=moe)), path
-
-
-def recorded_expert_path(run_dir: Path) -> Optional[str]:
-    """The expert path that `run_dir` was trained on (its config.json's "expert_path"), None if none is recorded
-    (a new run, a dense model, or a run from before paths were recorded)."""
-    saved = Path(run_dir) / "config.json"
-    if not saved.exists():
-        return None
-    try:
-        return json.loads(saved.read_text()).get(EXPERT_PATH_KEY)
-    except ValueError:  # the CLI reports a damaged config.json when it loads the run; nothing to compare here
-        return None
-
-
-def record_expert_path(run_dir: Path, cfg: ExperimentConfig, path: str) -> None:
-    """Writes `path` as config.json's top-level "expert_path" (config.json holds `cfg`, the unresolved
-    configuration, when the caller has not saved it yet)."""
-    saved = Path(run_dir) / "config.json"
-    d = json.loads(saved.read_text()) if saved.exists() else to_dict(cfg)
-    if d.get(EXPERT_PATH_KEY) != path:
-        d[EXPERT_PATH_KEY] = path
-        saved.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
-
-
-def check_expert_path(run_dir: Path, recorded: Optional[str], path: Optional[str], allow_change: bool) -> None:
-    """Raises ConfigError when a resumed run would continue on another expert path than it was trained on
-    (different kernels round differently: the rest of the run would not be the run it continues), unless
-    `allow_change`."""
-    if recorded is None or path is None or recorded == path or allow_change:
-        return
-    raise ConfigError(f"{run_dir} was trained on the expert path '{recorded}' and this host would take '{path}'; "
-                      f"pass --allow-expert-path-change to continue on {path}")
 
 
 @dataclasses.dataclass(frozen=True)

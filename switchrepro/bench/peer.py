@@ -45,8 +45,9 @@ whose min(lr, 1/sqrt(t)) schedule is T5's exactly. The HF step is eager PyTorch 
 second-largest dimension is >= 128), and HF sums one load-balancing loss per stack (ours one per layer).
 
 Timing: one process tree. The parent (this module's `run_peer_bench`, which never imports torch and
-runs no JAX computation) starts two workers per model, `python -m switchrepro.bench_peer --worker jax|hf`,
-so that torch and XLA never share a process or thread pools; both are pinned to the same cores with one
+runs no JAX computation) starts two workers per model, `python -m switchrepro.bench.peer_jax` and
+`python -m switchrepro.bench.peer_hf` (`serve` is their loop), so that torch and XLA never share a process
+or thread pools; both are pinned to the same cores with one
 intra-op thread per core. For R rounds (the order flips each round) each worker runs W warm-up steps then
 N timed steps on a fixed batch of random token ids while the other waits on its stdin; a round's rate is
 batch / median step time, a tool's rate the median over rounds, ratio = switchrepro / HF.
@@ -64,12 +65,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from switchrepro.config import ConfigError, ModelConfig, MoeConfig, TrainConfig
+from switchrepro.moe.routing import expert_capacity, num_groups
+from switchrepro.train.host import cpu_model, usable_cores
 
 PEER_PACKAGES = ("torch", "transformers")
 HF_OPTIMIZERS = ("transformers", "torch")
@@ -149,14 +152,12 @@ def model_config(spec: PeerSpec, experts: int) -> ModelConfig:
 
 
 def capacities(spec: PeerSpec, experts: int) -> Dict[str, Dict[str, int]]:
-    """Per stack, how each tool groups a batch's tokens and the expert capacity per group (imports jax's
-    routing module, never runs JAX).
+    """Per stack, how each tool groups a batch's tokens and the expert capacity per group (plain arithmetic:
+    no JAX computation).
 
     Returns {'switchrepro': {'encoder_groups', 'encoder_group_tokens', 'encoder_capacity', 'decoder_...'},
              'hf': {'encoder_capacity', 'decoder_capacity'}} (HF: one group per sequence).
     """
-    from switchrepro.moe.routing import expert_capacity, num_groups
-
     moe = model_config(spec, experts).moe
     ours, hf = {}, {}
     for stack, length in (("encoder", spec.inputs_length), ("decoder", spec.targets_length)):
@@ -184,145 +185,6 @@ def make_batch(spec: PeerSpec) -> Dict[str, np.ndarray]:
     return {"inputs": inputs, "targets": targets, "decoder_inputs": decoder_inputs}
 
 
-def build_hf_model(spec: PeerSpec, experts: int, hf_capacity: Optional[Dict[str, int]] = None):
-    """The Hugging Face model matching `model_config(spec, experts)`, initialised like switchrepro's.
-
-    `hf_capacity`: {'encoder_capacity', 'decoder_capacity'} slots per expert per sequence (default:
-    `capacities(spec, experts)['hf']`). Raises ValueError if the sparse layers or the tying differ from ours.
-    """
-    import torch
-    from transformers import (
-        SwitchTransformersConfig,
-        SwitchTransformersForConditionalGeneration,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
-
-    cfg = model_config(spec, experts)
-    common = dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-                  num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                  num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-                  relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=0.0,
-                  layer_norm_epsilon=1e-6, use_cache=False, tie_word_embeddings=False, pad_token_id=0)
-    if experts:
-        moe = cfg.moe
-        cap = hf_capacity or capacities(spec, experts)["hf"]
-        hf_cfg = SwitchTransformersConfig(
-            **common, num_experts=experts, expert_capacity=cap["encoder_capacity"],
-            num_sparse_encoder_layers=cfg.num_encoder_layers // 2,
-            num_sparse_decoder_layers=cfg.num_decoder_layers // 2, router_bias=False,
-            router_jitter_noise=moe.jitter_eps, router_dtype=moe.router_dtype, router_ignore_padding_tokens=False,
-            router_z_loss_coef=moe.z_loss_coef, router_aux_loss_coef=moe.aux_loss_coef, dense_act_fn="relu")
-        model = SwitchTransformersForConditionalGeneration(hf_cfg)
-        for stack, name in ((model.encoder, "encoder"), (model.decoder, "decoder")):
-            sparse = tuple(i for i, block in enumerate(stack.block) if block.layer[-1].is_sparse)
-            if sparse != cfg.sparse_layers(name):
-                raise ValueError(f"HF made {name} layers {sparse} sparse, switchrepro {cfg.sparse_layers(name)}")
-            for i in sparse:  # HF has one expert_capacity per model; ours differs per stack (sequence lengths)
-                stack.block[i].layer[-1].mlp.router.expert_capacity = cap[f"{name}_capacity"]
-    else:
-        model = T5ForConditionalGeneration(T5Config(**common, feed_forward_proj="relu"))
-    if getattr(model.config, "scale_decoder_outputs", False):
-        raise ValueError("HF T5 would rescale the decoder output by 1/sqrt(d_model); switchrepro's untied output "
-                         "layer does not (pass tie_word_embeddings=False)")
-    # One embedding table for encoder and decoder, and a separate output layer, as switchrepro.
-    model.set_input_embeddings(model.shared)
-    if model.lm_head.weight is model.shared.weight:
-        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
-    init_like_switchrepro(model, cfg)
-    return model
-
-
-def init_like_switchrepro(model, cfg: ModelConfig) -> None:
-    """Re-initialise an HF model built by `build_hf_model` with switchrepro's initial distributions.
-
-    Kernels: truncated normal, std sqrt(init_scale / fan_in) (paper section 2.4; experts per expert); the
-    query kernel additionally times d_kv**-0.5, since HF's T5 attention does not scale q k^T and ours
-    divides q by sqrt(d_kv). Token embedding N(0, 1), relative position bias N(0, 0.1), router
-    N(0, router_init_std), norm scales 1.
-    """
-    import torch
-
-    def trunc(weight, fan_in: int, extra: float = 1.0) -> None:
-        std = math.sqrt(cfg.init_scale / fan_in) / TRUNCATED_NORMAL_STD * extra
-        torch.nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
-
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                if name.endswith("router.classifier"):
-                    torch.nn.init.normal_(module.weight, 0.0, cfg.moe.router_init_std)
-                else:
-                    trunc(module.weight, module.in_features, cfg.d_kv ** -0.5 if name.endswith(".q") else 1.0)
-            elif isinstance(module, torch.nn.Embedding):
-                std = 0.1 if name.endswith("relative_attention_bias") else 1.0
-                torch.nn.init.normal_(module.weight, 0.0, std)
-            elif type(module).__name__.endswith("LayerNorm"):
-                torch.nn.init.ones_(module.weight)
-
-
-def load_switchrepro_params(model, params, cfg: ModelConfig) -> None:
-    """Copy switchrepro parameters (the pytree of `init_params`, arrays convertible to numpy) into an HF model
-    from `build_hf_model(spec, experts)` of the same config, so both compute the same function.
-
-    Kernels are [in, out] in Flax and [out, in] in torch; experts are stacked [E, in, out] in ours and one
-    Linear per expert in HF; the relative position table is [heads, buckets] in ours, [buckets, heads] in HF.
-    """
-    import torch
-
-    def put(dst, src, transpose: bool = True, scale: float = 1.0) -> None:
-        a = np.asarray(src, np.float32)
-        a = a.T if transpose else a
-        if tuple(dst.shape) != a.shape:
-            raise ValueError(f"shape mismatch: HF {tuple(dst.shape)} vs switchrepro {a.shape}")
-        dst.data.copy_(torch.from_numpy(np.ascontiguousarray(a * scale)))
-
-    def attention(hf, p) -> None:
-        put(hf.q.weight, p["query"]["kernel"], scale=cfg.d_kv ** -0.5)
-        put(hf.k.weight, p["key"]["kernel"])
-        put(hf.v.weight, p["value"]["kernel"])
-        put(hf.o.weight, p["out"]["kernel"])
-
-    def ffn(hf_layer, p) -> None:
-        put(hf_layer.layer_norm.weight, p["pre_mlp_norm"]["scale"], transpose=False)
-        if "moe" in p["ffn"]:
-            q, mlp = p["ffn"]["moe"], hf_layer.mlp
-            put(mlp.router.classifier.weight, q["router"])
-            for e in range(cfg.moe.num_experts):
-                put(mlp.experts[f"expert_{e}"].wi.weight, q["wi"][e])
-                put(mlp.experts[f"expert_{e}"].wo.weight, q["wo"][e])
-        else:
-            mlp = getattr(hf_layer, "DenseReluDense", None) or hf_layer.mlp  # T5 | Switch
-            put(mlp.wi.weight, p["ffn"]["mlp"]["wi"]["kernel"])
-            put(mlp.wo.weight, p["ffn"]["mlp"]["wo"]["kernel"])
-
-    put(model.shared.weight, params["token_embedder"]["embedding"], transpose=False)
-    for i, block in enumerate(model.encoder.block):
-        p = params[f"encoder_layer_{i}"]
-        put(block.layer[0].layer_norm.weight, p["pre_attention_norm"]["scale"], transpose=False)
-        attention(block.layer[0].SelfAttention, p["attention"])
-        ffn(block.layer[1], p)
-    for i, block in enumerate(model.decoder.block):
-        p = params[f"decoder_layer_{i}"]
-        put(block.layer[0].layer_norm.weight, p["pre_self_attention_norm"]["scale"], transpose=False)
-        attention(block.layer[0].SelfAttention, p["self_attention"])
-        put(block.layer[1].layer_norm.weight, p["pre_cross_attention_norm"]["scale"], transpose=False)
-        attention(block.layer[1].EncDecAttention, p["encoder_decoder_attention"])
-        ffn(block.layer[2], p)
-    put(model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight,
-        params["encoder_relpos"]["rel_embedding"])
-    put(model.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight,
-        params["decoder_relpos"]["rel_embedding"])
-    put(model.encoder.final_layer_norm.weight, params["encoder_norm"]["scale"], transpose=False)
-    put(model.decoder.final_layer_norm.weight, params["decoder_norm"]["scale"], transpose=False)
-    put(model.lm_head.weight, params["logits_dense"]["kernel"])
-
-
-def count_hf_params(model) -> int:
-    """Distinct parameters (a shared tensor counts once, as torch's parameters() yields it once)."""
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def hf_learning_rate() -> float:
     """The rate ours uses over the timed steps: learning_rate / sqrt(warmup_steps) with TrainConfig's defaults
     (1.0 / sqrt(100) = 0.1; constant until step 100)."""
@@ -330,29 +192,11 @@ def hf_learning_rate() -> float:
     return tc.learning_rate / math.sqrt(tc.warmup_steps)
 
 
-def make_hf_optimizer(params, kind: str):
-    """The Adafactor closest to ours (see the module docstring); `kind` is 'transformers' or 'torch'."""
-    lr = hf_learning_rate()
-    if kind == "transformers":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, beta1=None,
-                         weight_decay=0.0, scale_parameter=True, relative_step=False, warmup_init=False)
-    if kind == "torch":
-        import torch
-
-        # eps1 = None (float32 machine epsilon): torch clamps the variance estimate at eps1**2, and 1e-30**2
-        # underflows to 0 in float32, so any all-zero gradient row (an unused token id) would give 0 / 0 = NaN.
-        return torch.optim.Adafactor(params, lr=lr, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0)
-    raise ValueError(f"hf_optimizer must be one of {HF_OPTIMIZERS}, got {kind!r}")
-
-
 # --------------------------------------------------------------------------------------------- the workers
 
 
-def _versions(*names: str) -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
+def versions(*names: str) -> Dict[str, str]:
+    """The installed version of each distribution in `names` ('?' where it is not installed)."""
     out = {}
     for name in names:
         try:
@@ -362,95 +206,16 @@ def _versions(*names: str) -> Dict[str, str]:
     return out
 
 
-class _JaxSide:
-    """switchrepro's training step exactly as the trainer builds it (as `bench.whole_model_rate`)."""
-
-    def __init__(self, spec: PeerSpec, experts: int):
-        import jax
-        import jax.numpy as jnp
-
-        from switchrepro.model.t5 import count_params, init_params
-        from switchrepro.train import host, trainer
-
-        self._jax = jax
-        cfg = model_config(spec, experts)
-        tc = TrainConfig()
-        model, params = init_params(cfg, jax.random.PRNGKey(spec.seed), inputs_length=spec.inputs_length,
-                                    targets_length=spec.targets_length)
-        n_params = count_params(params)
-        opt = trainer.make_optimizer(tc)
-        self.state = trainer.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
-        self.step_fn = trainer.make_train_step(model, opt, tc)
-        b = make_batch(spec)
-        ones = lambda a: jnp.ones(a.shape, jnp.int32)
-        self.batch = {"encoder_input_tokens": jnp.asarray(b["inputs"]), "encoder_segment_ids": ones(b["inputs"]),
-                      "decoder_target_tokens": jnp.asarray(b["targets"]),
-                      "decoder_input_tokens": jnp.asarray(b["decoder_inputs"]),
-                      "decoder_segment_ids": ones(b["targets"]), "decoder_loss_weights": ones(b["targets"])}
-        self.key = jax.random.PRNGKey(spec.seed)
-        first_s, first_loss = self.step()  # compiles
-        self.ready = {"params": n_params, "first_loss": first_loss, "first_step_s": first_s,
-                      "versions": {**_versions("jax", "jaxlib", "flax", "optax"), "switchrepro": host.code_version()},
-                      "backend": jax.default_backend(), "devices": jax.device_count(),
-                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": host.describe()["malloc"]}
-
-    def step(self) -> Tuple[float, float]:
-        t = time.perf_counter()
-        self.state, metrics = self.step_fn(self.state, self.batch, self.key)
-        self._jax.block_until_ready((self.state, metrics))
-        return time.perf_counter() - t, float(metrics["loss"])
-
-
-class _HfSide:
-    """Hugging Face's model trained the way its users do: eager PyTorch, train mode, loss.backward(), step()."""
-
-    def __init__(self, spec: PeerSpec, experts: int, hf_capacity: Optional[Dict[str, int]], threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        torch.manual_seed(spec.seed)
-        self._torch = torch
-        self.model = build_hf_model(spec, experts, hf_capacity)
-        self.model.train()
-        self.opt = make_hf_optimizer(self.model.parameters(), spec.hf_optimizer)
-        b = make_batch(spec)
-        self.inputs = {"input_ids": torch.from_numpy(b["inputs"]).long(),
-                       "decoder_input_ids": torch.from_numpy(b["decoder_inputs"]).long(),
-                       "labels": torch.from_numpy(b["targets"]).long()}
-        if experts:
-            self.inputs["output_router_logits"] = True  # adds the router losses, as ours trains with them
-        first_s, first_loss = self.step()
-        self.ready = {"params": count_hf_params(self.model), "first_loss": first_loss, "first_step_s": first_s,
-                      "versions": _versions("torch", "transformers"), "torch_threads": torch.get_num_threads(),
-                      "torch_interop_threads": torch.get_num_interop_threads(),
-                      "attention": getattr(self.model.config, "_attn_implementation", "?"),
-                      "optimizer": f"{type(self.opt).__module__}.{type(self.opt).__name__}"}
-
-    def step(self) -> Tuple[float, float]:
-        t = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.model(**self.inputs).loss
-        loss.backward()
-        self.opt.step()
-        return time.perf_counter() - t, float(loss.detach())
-
-
-def _worker_main(tool: str) -> None:
-    """A worker: reads its job (one JSON line) on stdin, answers 'ready', then runs {"warmup", "steps"}
+def serve(start: Callable[[PeerSpec, Dict[str, Any]], Any]) -> None:
+    """A worker's loop: reads its job (one JSON line) on stdin, builds its side with start(spec, job) (an object
+    with `ready`, a dict, and `step()` -> (seconds, loss)), answers `ready`, then runs {"warmup", "steps"}
     requests, one JSON line each, until stdin closes. stdout carries only these lines."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the libraries print goes to stderr
     job = json.loads(sys.stdin.readline())
     if job.get("cores") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(job["cores"]))  # before XLA / torch size their thread pools
-    spec = PeerSpec(**job["spec"])
-    if tool == "jax":
-        from switchrepro.backends.cpu.allocator import keep_freed_memory
-
-        keep_freed_memory()  # as the `switchrepro` command does, before JAX starts its threads
-        side = _JaxSide(spec, job["experts"])
-    else:
-        side = _HfSide(spec, job["experts"], job.get("hf_capacity"), job["threads"])
+    side = start(PeerSpec(**job["spec"]), job)
     protocol.write(json.dumps(side.ready) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
@@ -460,14 +225,14 @@ def _worker_main(tool: str) -> None:
         protocol.write(json.dumps({"times": [t for t, _ in steps], "loss": steps[-1][1]}) + "\n")
 
 
-class _Worker:
+class Worker:
     """The parent's handle on one worker process; `run` blocks until the worker has stepped."""
 
     def __init__(self, tool: str, label: str, job: Dict[str, Any], env: Dict[str, str]):
         self.tool, self.label = tool, label
         self.stderr = tempfile.TemporaryFile(mode="w+")
         # No preexec_fn / fork tricks: a fresh interpreter, so neither library is loaded twice in one process.
-        self.proc = subprocess.Popen([sys.executable, "-m", "switchrepro.bench_peer", "--worker", tool],
+        self.proc = subprocess.Popen([sys.executable, "-m", f"switchrepro.bench.peer_{tool}"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      env=env)
         self._send(job)
@@ -510,7 +275,8 @@ class _Worker:
         self.stderr.close()
 
 
-def _worker_env(threads: int) -> Dict[str, str]:
+def worker_env(threads: int) -> Dict[str, str]:
+    """The workers' environment: one computing device, `threads` intra-op threads, no network, quiet logs."""
     env = dict(os.environ)
     # The test suite simulates 8 XLA devices; a benchmark worker computes on one.
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
@@ -555,11 +321,11 @@ def time_model(spec: PeerSpec, experts: int, steps: int, warmup: int, rounds: in
     cap = capacities(spec, experts) if experts else None
     job = {"spec": dataclasses.asdict(spec), "experts": experts, "cores": list(cores), "threads": len(cores),
            "hf_capacity": cap["hf"] if cap else None}
-    env = _worker_env(len(cores))
-    workers: Dict[str, _Worker] = {}
+    env = worker_env(len(cores))
+    workers: Dict[str, Worker] = {}
     try:
         for tool in ("jax", "hf"):  # one at a time: neither builds while the other compiles
-            workers[tool] = _Worker(tool, name, job, env)
+            workers[tool] = Worker(tool, name, job, env)
         rates: Dict[str, List[float]] = {"jax": [], "hf": []}
         for r in range(rounds):
             order = ("jax", "hf") if r % 2 == 0 else ("hf", "jax")
@@ -576,8 +342,6 @@ def time_model(spec: PeerSpec, experts: int, steps: int, warmup: int, rounds: in
 
 def format_report(spec: PeerSpec, rows: Sequence[PeerRow], steps: int, warmup: int, rounds: int,
                   cores: Sequence[int]) -> str:
-    from switchrepro.train.host import cpu_model, usable_cores
-
     jax_ready, hf_ready = rows[0].ready["jax"], rows[0].ready["hf"]
     jv, hv = jax_ready["versions"], hf_ready["versions"]
     cfg = model_config(spec, 0)
@@ -645,8 +409,6 @@ def run_peer_bench(spec: PeerSpec, experts: Sequence[int], steps: int = 10, warm
     `threads`: cores (and threads) per tool, default every usable core. Raises ConfigError for impossible
     settings and PeerError when a worker fails.
     """
-    from switchrepro.train.host import usable_cores
-
     spec.validate(experts)
     usable = usable_cores() or list(range(os.cpu_count() or 1))
     threads = threads or len(usable)
@@ -666,10 +428,3 @@ def run_peer_bench(spec: PeerSpec, experts: Sequence[int], steps: int = 10, warm
     echo("")
     echo(text.rstrip("\n"))
     return text
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker" and sys.argv[2] in ("jax", "hf"):
-        _worker_main(sys.argv[2])
-    else:
-        sys.exit("usage: python -m switchrepro.bench_peer --worker jax|hf (started by `switchrepro bench peer`)")
