@@ -146,9 +146,9 @@ def backend_line() -> str:
             f"({devices[0].device_kind})")
 
 
-def load_caches(cfg: C.ExperimentConfig):
+def load_caches(cfg: C.ExperimentConfig, echo: Echo = print):
     """The train and validation numpy caches of `cfg` (materialised once, in a subprocess that alone imports
-    TensorFlow)."""
+    TensorFlow, which shows its own progress; `echo` is kept for callers that pass one)."""
     with user_errors():
         return data_cache.cache_for_config(cfg.data, "train"), data_cache.cache_for_config(cfg.data, "validation")
 

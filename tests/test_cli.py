@@ -3,10 +3,16 @@
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from switchrepro.api import parse_config
 from switchrepro.cli import main
+from switchrepro.config.store import config_from_dict, config_hash, load_run_config
+from switchrepro.data import cache as data_cache
+from switchrepro.train import inspect as inspect_lib
+from switchrepro.train.inspect import agreement
 
 TINY = ["--gin-file", "models/tiny_switch.gin",
         "--gin", "ModelConfig.d_model = 64", "--gin", "ModelConfig.d_ff = 128", "--gin", "ModelConfig.num_heads = 2",
@@ -174,10 +180,6 @@ def test_inspect_reports_ffn_branches_and_router_stability(trained):
 
 
 def test_inspect_same_checkpoint_twice_agrees_fully_and_bad_steps_are_refused(trained):
-    from switchrepro.config.store import config_from_dict
-    from switchrepro.data import cache as data_cache
-    from switchrepro.train import inspect as inspect_lib
-
     run_dir, _ = trained
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     batch, _ = next(data_cache.eval_batches(data_cache.cache_for_config(cfg.data, "validation"), 8, 8))
@@ -189,8 +191,6 @@ def test_inspect_same_checkpoint_twice_agrees_fully_and_bad_steps_are_refused(tr
 
 
 def test_agreement_on_literal_choices():
-    from switchrepro.train.inspect import agreement
-
     a = [[0, 1, 2, 3], [1, 1, 0, 0]]
     b = [[0, 2, 2, 0], [1, 0, 9, 9]]
     mask = [[True, True, True, True], [True, True, False, False]]
@@ -226,8 +226,6 @@ def test_bench_table_times_each_row_and_adds_up_the_estimate(tmp_path):
 
 
 def test_bench_table_save_times_every_row_in_rounds_and_run_uses_it(tmp_path):
-    import pandas as pd
-
     results = tmp_path / "results"
     out = CliRunner().invoke(main, ["bench", "table", "table2", "--scale", "smoke", "--steps", "1", "--rounds", "2",
                                     "--save", "--results-dir", str(results)])
@@ -250,8 +248,6 @@ STUDENT = ["--gin-file", "models/tiny_dense.gin"] + [
 
 
 def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_root, tmp_path):
-    from switchrepro.config.store import config_hash, load_run_config
-
     teacher_dir, _ = trained
     student_dir = tmp_path / "student"
     args = ["distill", *STUDENT, *_cache(cache_root), "--teacher-run", str(teacher_dir), "--run-dir",
@@ -263,8 +259,7 @@ def test_distill_trains_a_dense_student_from_the_switch_teacher(trained, cache_r
     assert saved["model"]["moe"] is None
     assert saved["distill"] == {"teacher": config_hash(load_run_config(teacher_dir)), "teacher_weight": 0.25,
                                 "temperature": 1.0, "init_from_teacher": True}
-    from switchrepro.api import parse_config  # the saved operative config rebuilds the student's configuration
-
+    # the saved operative config rebuilds the student's configuration
     rebuilt = parse_config([str(student_dir / "config.gin")], [])[0]
     assert config_hash(rebuilt) == config_hash(load_run_config(student_dir))
     rows = [json.loads(line) for line in (student_dir / "metrics.jsonl").read_text().splitlines()]
@@ -308,8 +303,6 @@ FINETUNE = [*TINY[:-8], "--gin", "DataConfig.task = 'switchrepro_sentiment'",
 
 
 def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_path):
-    from switchrepro.config.store import config_hash, load_run_config
-
     pre_dir, _ = trained
     run_dir = tmp_path / "ft"
     args = ["finetune", *FINETUNE, *_cache(cache_root), "--pretrained-run", str(pre_dir), "--run-dir", str(run_dir),
@@ -319,8 +312,7 @@ def test_finetune_decodes_scores_and_reports_the_peak(trained, cache_root, tmp_p
     assert "fine-tuning from the pre-trained run" in result.output and "peak validation score" in result.output
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["finetune"]["pretrained"] == config_hash(load_run_config(pre_dir))
-    from switchrepro.api import parse_config  # the saved operative config rebuilds the run's configuration
-
+    # the saved operative config rebuilds the run's configuration
     assert config_hash(parse_config([str(run_dir / "config.gin")], [])[0]) == config_hash(load_run_config(run_dir))
     assert saved["model"]["dropout_rate"] == 0.1 and saved["model"]["moe"]["expert_dropout"] == 0.4
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

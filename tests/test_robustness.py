@@ -2,6 +2,7 @@
 one table, and the start-up noise of the data subprocess. Every user error is one short `error:` line."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -13,7 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from switchrepro.api import parse_config, parse_table
+from switchrepro.backends.cpu.native import expert_gemm
+from switchrepro.bench import moe as bench_moe
 from switchrepro.cli import main
+from switchrepro.data.tfprocess import run_teeing_stderr
 from switchrepro.experiments import runner
 from switchrepro.train.run_lock import Lock, run_dir_lock
 
@@ -229,8 +233,6 @@ def test_two_concurrent_runs_of_one_table(tmp_path, cache_root):
 
 
 def test_data_subprocess_hides_tensorflow_start_up_noise(capsys):
-    from switchrepro.data.cache import _run_teeing_stderr
-
     script = ("import sys\n"
               "w = sys.stderr.write\n"
               "w('WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
@@ -238,7 +240,7 @@ def test_data_subprocess_hides_tensorflow_start_up_noise(capsys):
               "w('E0000 00:00:1796184848.365766    3796 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n')\n"
               "w('10%|#   | 1/10\\r'); w('100%|####| 10/10\\r\\n')\n"
               "w('256 examples in 6.19s\\n')\n")
-    code, tail = _run_teeing_stderr([sys.executable, "-c", script])
+    code, tail = run_teeing_stderr([sys.executable, "-c", script])
     shown = capsys.readouterr().err
     assert code == 0
     assert "cuInit" not in shown and "oneDNN" not in shown and "absl::InitializeLog" not in shown
@@ -257,8 +259,6 @@ def test_readme_opens_with_purpose_set_up_and_a_table_reproduction():
     assert install < test < table and (train < 0 or table < train)
     first_heading = text.index("\n## ")
     assert "Switch Transformer" in text[:first_heading]  # the purpose comes before any section
-    import re
-
     assert not re.search(r"\bissues? #?\d", text, re.IGNORECASE)
     for report in (REPO / "results").glob("*/REPORT.md"):
         assert not re.search(r"\bissues? #?\d", report.read_text(), re.IGNORECASE), report
@@ -267,14 +267,9 @@ def test_readme_opens_with_purpose_set_up_and_a_table_reproduction():
 def test_bench_moe_tables_and_goals_agree(tmp_path):
     """`bench moe` on tiny shapes: both token counts get a table, rows name their dispatch and expert path, and
     each goal line's ratio is the quotient of that table's own fastest 128- and 8-expert times."""
-    import re
-
-    from switchrepro import bench
-    from switchrepro.backends.cpu.native import expert_gemm
-
     d_model, d_ff = 64, 128  # widths the native expert matmuls take, where they run
     native = not expert_gemm.unavailable_reason()
-    text = bench.run_moe_bench([8, 128], repeats=1, whole_model_steps=1, tokens=256, d_model=d_model, d_ff=d_ff,
+    text = bench_moe.run_moe_bench([8, 128], repeats=1, whole_model_steps=1, tokens=256, d_model=d_model, d_ff=d_ff,
                                group_size=128, pairs=3, echo=lambda s: None)
     tables = re.split(r"^## ", text, flags=re.M)
     layer = {int(t.split(" tokens")[0].split()[-1]): t for t in tables if t.startswith("Layer")}

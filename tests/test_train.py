@@ -10,7 +10,9 @@ import textwrap
 import pytest
 
 from switchrepro.api import load_caches
+from switchrepro.config import TrainConfig
 from switchrepro.data import cache as data_cache
+from switchrepro.experiments.planning import PlannedRun, run_status
 from switchrepro.train import trainer
 from switchrepro.train.checkpoint import CheckpointError
 from switchrepro.train.metrics_log import MetricsError, read_metrics
@@ -112,8 +114,6 @@ def test_training_process_imports_no_tensorflow(tiny_experiment, caches, tmp_pat
 
 
 def test_learning_rate_schedule_is_inverse_square_root():
-    from switchrepro.config import TrainConfig
-
     s = trainer.learning_rate_schedule(TrainConfig(learning_rate=1.0, warmup_steps=100))
     assert float(s(0)) == pytest.approx(0.1) and float(s(99)) == pytest.approx(0.1)
     assert float(s(399)) == pytest.approx(0.05)
@@ -122,8 +122,6 @@ def test_learning_rate_schedule_is_inverse_square_root():
 
 
 def test_cooldown_decays_the_last_steps_linearly_and_never_to_zero():
-    from switchrepro.config import TrainConfig
-
     cfg = TrainConfig(learning_rate=1.0, warmup_steps=100, steps=400, cooldown_steps=100)
     s, plain = trainer.learning_rate_schedule(cfg), trainer.learning_rate_schedule(TrainConfig(warmup_steps=100))
     assert float(s(299)) == pytest.approx(float(plain(299)))  # untouched before the cooldown
@@ -221,6 +219,4 @@ def test_no_checkpoint_restores_is_one_short_error(reference_run, interrupted_ru
 
 
 def runner_status(run_dir):
-    from switchrepro.experiments.planning import PlannedRun, run_status
-
     return run_status(PlannedRun(None, 0, None, "", "", run_dir))

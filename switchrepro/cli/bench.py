@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -16,7 +14,7 @@ from switchrepro.bench import attention as bench_attention_lib
 from switchrepro.bench import moe as bench_moe_lib
 from switchrepro.bench import peer as P
 from switchrepro.bench import table as bench_table_lib
-from switchrepro.cli.common import SCALES, UserError, results_dir_option, start_compute, writable_parent
+from switchrepro.cli.common import SCALES, UserError, command_text, results_dir_option, start_compute, writable_parent
 from switchrepro.experiments import store
 from switchrepro.moe import parallel
 from switchrepro.train import host
@@ -144,7 +142,7 @@ def bench_table(table, scale, rows, steps, output, bindings, rounds, save, resul
                f"and round, {rounds} round(s)")
     text, timed = bench_table_lib.run_table_bench([(r.row.name, r.config) for r in planned], spec.seeds[scale], steps,
                                     rounds=rounds, echo=click.echo)
-    command = shlex.join(["switchrepro"] + sys.argv[1:])
+    command = command_text()
     if output:
         output.write_text(f"`{command}`\n\n{where}\n\n{text}")
     if save:
@@ -211,4 +209,4 @@ def bench_peer(counts, steps, warmup, rounds, batch_size, inputs_length, targets
             click.echo(e.detail, err=True)
         raise UserError(str(e)) from e
     if output:
-        output.write_text(f"`{shlex.join(['switchrepro'] + sys.argv[1:])}`\n\n{text}")
+        output.write_text(f"`{command_text()}`\n\n{text}")

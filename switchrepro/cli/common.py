@@ -81,6 +81,7 @@ def command_line() -> list:
 
 
 def command_text() -> str:
+    """This process's command line as one copy-paste runnable `switchrepro ...` string."""
     return shlex.join(command_line())
 
 
