@@ -1,4 +1,4 @@
-"""linalg: the CPU-fast weight gradient keeps jax's values; the model's numbers do not change with it."""
+"""backends/cpu/matmul: the CPU-fast weight gradient keeps jax's values; the model's numbers do not change with it."""
 
 import flax.linen as nn
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_model import twenty_step_losses
 
-from switchrepro import linalg
 from switchrepro.backends import experts as expert_backend
+from switchrepro.backends.cpu import matmul as cpu_matmul
 from switchrepro.backends.cpu.native import expert_gemm
 
 
@@ -27,7 +27,7 @@ def test_matmul_values_and_gradients_equal_jax(shape, monkeypatch):
     w = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
     cot = jnp.asarray(rng.standard_normal((*lead, n)), jnp.float32)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # the fast path, whatever runs the tests
-    y, vjp = jax.vjp(linalg.matmul, x, w)
+    y, vjp = jax.vjp(cpu_matmul.matmul, x, w)
     y_ref, vjp_ref = jax.vjp(_plain_dense, x, w)
     np.testing.assert_array_equal(y, y_ref)
     for got, want in zip(vjp(cot), vjp_ref(cot), strict=True):
@@ -39,18 +39,18 @@ def test_matmul_values_and_gradients_equal_jax(shape, monkeypatch):
 
 
 def test_weight_grad_branches_literal(monkeypatch):
-    monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
+    monkeypatch.setattr(cpu_matmul, "WEIGHT_GRAD_MIN_ROWS", 1)
     x = jnp.asarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # [T=3, K=2]
     g_wide = jnp.asarray([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 2.0]])  # N=3 > K: x transposed
     g_narrow = jnp.asarray([[1.0], [2.0], [3.0]])  # N=1 < K: g transposed
-    np.testing.assert_array_equal(linalg.weight_grad(x, g_wide), [[6.0, 8.0, 11.0], [8.0, 10.0, 14.0]])
-    np.testing.assert_array_equal(linalg.weight_grad(x, g_narrow), [[22.0], [28.0]])
+    np.testing.assert_array_equal(cpu_matmul.weight_grad(x, g_wide), [[6.0, 8.0, 11.0], [8.0, 10.0, 14.0]])
+    np.testing.assert_array_equal(cpu_matmul.weight_grad(x, g_narrow), [[22.0], [28.0]])
 
 
 def test_dense_dot_general_in_flax_dense_and_fallback(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5, 4)), jnp.float32)
-    fast, plain = nn.Dense(6, use_bias=False, dot_general=linalg.dense_dot_general), nn.Dense(6, use_bias=False)
+    fast, plain = nn.Dense(6, use_bias=False, dot_general=cpu_matmul.dense_dot_general), nn.Dense(6, use_bias=False)
     params = plain.init(jax.random.PRNGKey(0), x)
     np.testing.assert_array_equal(fast.apply(params, x), plain.apply(params, x))
     g_fast = jax.grad(lambda p: jnp.sum(fast.apply(p, x) ** 2))(params)
@@ -60,7 +60,7 @@ def test_dense_dot_general_in_flax_dense_and_fallback(monkeypatch):
     a = jnp.ones((2, 3, 4))
     b = jnp.ones((2, 4, 5))
     dims = (((2,), (1,)), ((0,), (0,)))
-    np.testing.assert_array_equal(linalg.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
+    np.testing.assert_array_equal(cpu_matmul.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims))
 
 
 def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch):
@@ -71,13 +71,13 @@ def test_twenty_training_steps_match_plain_dots_and_batched_experts(monkeypatch)
         monkeypatch.setattr(expert_backend, "expert_impl", lambda *args: impl)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    monkeypatch.setattr(linalg, "WEIGHT_GRAD_MIN_ROWS", 1)
+    monkeypatch.setattr(cpu_matmul, "WEIGHT_GRAD_MIN_ROWS", 1)
     experts_by("loop")
     fast = {"loop": twenty_step_losses(0.1)}  # smooth at this rate: rounding is not amplified
     if not expert_gemm.unavailable_reason():  # the model's widths are multiples of 64
         experts_by("native")
         fast["native"] = twenty_step_losses(0.1)
-    monkeypatch.setattr(linalg, "_dense", _plain_dense)
+    monkeypatch.setattr(cpu_matmul, "dense_with_fast_weight_grad", _plain_dense)
     experts_by("batched")
     plain = twenty_step_losses(0.1)
     for impl, losses in fast.items():

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.scipy.stats import norm
 
-from switchrepro import linalg
+from switchrepro.backends.cpu.matmul import matmul
 from switchrepro.config import MoeConfig
 
 Array = jax.Array
@@ -450,7 +450,7 @@ def route(cfg: MoeConfig, x: Array, router_kernel: Array, capacity: int, token_m
         elif cfg.exploration == "input_dropout" and cfg.input_dropout_rate > 0:
             keep = jax.random.bernoulli(k_input, 1.0 - cfg.input_dropout_rate, x.shape)
             x = jnp.where(keep, x / (1.0 - cfg.input_dropout_rate), 0).astype(dtype)
-    logits = linalg.matmul(x, router_kernel.astype(dtype))  # <[G, S, E]>; on CPU a fast kernel gradient
+    logits = matmul(x, router_kernel.astype(dtype))  # <[G, S, E]>; on CPU a fast kernel gradient
 
     if cfg.router == "switch":
         sample_key = k_route if cfg.exploration == "sample_softmax" else None
@@ -461,6 +461,6 @@ def route(cfg: MoeConfig, x: Array, router_kernel: Array, capacity: int, token_m
     if cfg.router == "noisy_topk":
         if noise_kernel is None:
             raise ValueError("router='noisy_topk' needs noise_kernel (the W_noise parameter)")
-        noise_logits = linalg.matmul(x, noise_kernel.astype(dtype))
+        noise_logits = matmul(x, noise_kernel.astype(dtype))
         return noisy_topk_route(logits, noise_logits, capacity, cfg.noisy_top_k, token_mask, key=k_route)
     raise ValueError(f"router must be 'switch', 'top2' or 'noisy_topk', got {cfg.router!r}")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from switchrepro import linalg
+from switchrepro.backends.cpu.matmul import matmul, weight_grad
 from switchrepro.backends.cpu.native import uninitialized
 
 Array = jax.Array
@@ -71,9 +72,9 @@ def _forward(activate, rate, h, w_in, w_out, keep, save: bool) -> Tuple[Array, .
     d_ff = w_out.shape[1]
 
     def body(e, buffers):
-        z = [linalg.matmul(h[e], w[e]) for w in w_in]
+        z = [matmul(h[e], w[e]) for w in w_in]
         a = _hidden(activate, rate, z, None if keep is None else keep[e])
-        y = _set(buffers[0], linalg.matmul(a, w_out[e]), e)
+        y = _set(buffers[0], matmul(a, w_out[e]), e)
         if not save:
             return (y,)
         return (y,) + tuple(_set(b, z_k, e) for b, z_k in zip(buffers[1:], z, strict=True))
@@ -103,9 +104,9 @@ def _ffn_bwd(activate, rate, residuals, dy):
         dh, dw_in, dw_out = grads
         a, hidden_vjp = jax.vjp(lambda *z_e: _hidden(activate, rate, z_e, None if keep is None else keep[e]),
                                 *[z_k[e] for z_k in z])
-        dw_out = _set(dw_out, linalg.weight_grad(a, dy[e]), e)
+        dw_out = _set(dw_out, weight_grad(a, dy[e]), e)
         dz = hidden_vjp(jax.lax.dot_general(dy[e], w_out[e], contract_last))
-        dw_in = tuple(_set(b, linalg.weight_grad(h[e], dz_k), e) for b, dz_k in zip(dw_in, dz, strict=True))
+        dw_in = tuple(_set(b, weight_grad(h[e], dz_k), e) for b, dz_k in zip(dw_in, dz, strict=True))
         dh_e = sum(jax.lax.dot_general(dz_k, w[e], contract_last) for dz_k, w in zip(dz, w_in, strict=True))
         return _set(dh, dh_e, e), dw_in, dw_out
 
