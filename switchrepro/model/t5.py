@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from switchrepro.backends.cpu.matmul import dense_dot_general
 from switchrepro.config import ModelConfig
-from switchrepro.linalg import dense_dot_general
 from switchrepro.model.selective import segment_starts, selection_penalty
 from switchrepro.moe.layer import MoeFeedForward
 
