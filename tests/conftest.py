@@ -10,6 +10,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import dataclasses  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from switchrepro.config import DataConfig, ExperimentConfig, ModelConfig, MoeConfig, TrainConfig  # noqa: E402
@@ -27,8 +28,6 @@ TINY_MOE = MoeConfig(num_experts=4, group_size=256)
 @pytest.fixture
 def cheap_compiles():
     """For modules that compile hundreds of tiny programs, where XLA's optimisation passes dominate."""
-    import jax
-
     previous = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
     yield
