@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from switchrepro.config.tasks import TASK_INFO
+
 ROUTERS = ("switch", "top2", "noisy_topk")
 DISPATCHES = ("scatter", "einsum", "dropless")
 GROUPED_MATMULS = ("auto", "ragged_dot", "blocks")
@@ -68,7 +70,8 @@ class MoeConfig:
     dispatch: str = "scatter"  # scatter (default) | einsum (paper-faithful oracle) | dropless (no capacity)
     grouped_matmul: str = "auto"  # dropless only: ragged_dot | blocks | auto (blocks on CPU, else ragged_dot)
     expert_matmul: str = "auto"  # scatter/einsum: batched | loop (one expert at a time) | native (CPU kernels,
-    # switchrepro/native/expert_gemm.py) | auto (native where it runs, else the CPU loop from LOOP_MIN_ROWS rows)
+    # switchrepro/backends/cpu/native/expert_gemm.py) | auto (resolved once per run and recorded as expert_path
+    # in config.json: native where it runs, else XLA's dot, looping over experts from LOOP_MIN_ROWS rows)
     second_expert_threshold: float = 0.2  # top2: 2nd expert kept w.p. min(1, g2/threshold) in training
     noisy_top_k: int = 2  # noisy_topk: experts per token
     importance_loss_coef: float = 0.1  # noisy_topk: w_importance * CV(importance)^2
@@ -260,8 +263,6 @@ class ExperimentConfig:
             self.distill.validate()
         if self.finetune is not None:
             self.finetune.validate()
-        from switchrepro.data import TASK_INFO  # light: no TensorFlow
-
         info = TASK_INFO.get(self.data.task)  # an unknown task is refused when its data is requested
         if info is not None:
             # A smaller table would silently clamp token ids in the embedding lookup; a larger one wastes softmax.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence, Tuple
 
 import gin
+
 from switchrepro import config as C
 from switchrepro.config import tables as T
 from switchrepro.quiet import silenced
