@@ -18,7 +18,9 @@ from switchrepro.api import parse_config, parse_table
 from switchrepro.cli import main
 from switchrepro.config.tables import SCALES, from_gin_values
 from switchrepro.experiments import claims as C
-from switchrepro.experiments import report, runner
+from switchrepro.experiments import report, runner, stats, tables
+from switchrepro.experiments.tables import table7
+from switchrepro.plots import figures
 
 SOURCE_TABLES = ("table4", "table5", "table6", "table7", "table8")
 NOWHERE = Path("/nonexistent")
@@ -215,13 +217,13 @@ def test_distillation_is_judged_only_when_the_teacher_is_ahead():
             "Distillation": [-1.62, -1.63, -1.61], "+ Init. non-expert weights from teacher": [-1.60, -1.61, -1.59],
             "+ 0.75 mix of hard and soft loss": [-1.58, -1.59, -1.57],
             "Initialization Baseline (no distillation)": [-1.64, -1.65, -1.63]}
-    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", _results(rows), claims=C.TABLE_CLAIMS["table6"])}
+    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", tables.get("table6").claims(), _results(rows))}
     assert verdicts["t6-teacher-ahead"].status == C.REPRODUCED
     mix = verdicts["t6-0.75-mix-of-hard-and-soft-loss-keeps-gain"]
     assert mix.status == C.REPRODUCED and "gain kept: 30%" in mix.detail  # (-1.58 + 1.64) / (-1.44 + 1.64)
     assert verdicts["t6-distillation-beats-init-only"].status == C.REPRODUCED
     rows["Switch-Base"] = [-1.64, -1.66, -1.62]  # the teacher is not ahead: no distillation verdict stands
-    verdicts = C.evaluate_claims("t", _results(rows), claims=C.TABLE_CLAIMS["table6"])
+    verdicts = C.evaluate_claims("t", tables.get("table6").claims(), _results(rows))
     assert {v.status for v in verdicts[1:]} == {C.TEACHER_NOT_AHEAD}
 
 
@@ -234,19 +236,19 @@ def test_fine_tuning_claims_use_the_peak_scores_and_the_pretrained_control():
     df.loc[df["row"].str.contains("/"), "stage"] = "finetune"
     df.loc[df["row"] == "Distilled T5-Base / sentiment", "teacher_row"] = "Switch-Base / sentiment"
     df.loc[df["row"].isin(["T5-Base", "Switch-Base"]), "peak_score"] = math.nan
-    summary = C.summarize(df)
+    summary = stats.summarize(df)
     assert summary.at["Switch-Base / sentiment", "score_mean"] == 70.5
     assert summary.at["T5-Base", "n_scored"] == 0
-    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", df, claims=C.TABLE_CLAIMS["table8"])}
+    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", tables.get("table8").claims(), df)}
     assert [verdicts[k].status for k in ("t8-control-switch-base-pretrained-ahead", "t8-teacher-ahead",
                                          "t8-distilled-keeps-gain")] == [C.REPRODUCED] * 3
     assert "gain kept: 37%" in verdicts["t8-distilled-keeps-gain"].detail  # (64.5 - 61) / (70.5 - 61)
-    table = report.table_markdown("table8", summary, None)
+    table = report.table_markdown(tables.get("table8"), summary, None)
     assert "| Distilled T5-Base / sentiment | switchrepro_byte_sentiment" not in table  # task column is ours
     line = next(t for t in table.splitlines() if t.startswith("| Distilled"))
     assert "64.5 ± 0.7 (n=2)" in line and "37%" in line
     df.loc[df["row"] == "Switch-Base", "final_nlp"] = [-1.80, -1.81]  # control fails: regime invalid
-    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", df, claims=C.TABLE_CLAIMS["table8"])}
+    verdicts = {v.claim_id: v for v in C.evaluate_claims("t", tables.get("table8").claims(), df)}
     assert verdicts["t8-teacher-ahead"].status == C.REGIME_INVALID
 
 
@@ -255,7 +257,7 @@ def test_table7_report_shows_gain_kept_and_compression():
     df = _results(rows)
     df.loc[df["row"] == "Switch 8e", "params"] = 400
     df.loc[df["row"] == "Distilled from 8e", "teacher_row"] = "Switch 8e"
-    line = next(t for t in report.table_markdown("table7", C.summarize(df), None).splitlines()
+    line = next(t for t in report.table_markdown(tables.get("table7"), stats.summarize(df), None).splitlines()
                 if t.startswith("| Distilled from 8e"))
     assert "25%" in line and "75%" in line  # gain kept (0.05 / 0.2), compression 1 - 100 / 400
 
@@ -318,6 +320,9 @@ def test_a_tables_own_committed_log_is_preferred_to_a_twin_of_another_table(tmp_
     for table in ("table1", "table6"):
         _finish(dataclasses_replace_dir(run, logs / table / run.run_dir.name))
     assert runner.finished_twin(run, logs) == logs / "table6" / run.run_dir.name
+    # `run table1 --collect-only` before it copied table1's twin into runs/: table6's own log still wins
+    _finish(dataclasses_replace_dir(run, run.run_dir.parent.parent / "table1" / run.run_dir.name))
+    assert runner.finished_twin(run, logs) == logs / "table6" / run.run_dir.name
 
 
 def test_the_twin_whose_parameters_were_exported_is_preferred(tmp_path):
@@ -342,7 +347,6 @@ def test_the_twin_whose_parameters_were_exported_is_preferred(tmp_path):
 
 
 def test_fine_tuning_and_distillation_figures(tmp_path):
-    from switchrepro.plots import figures
 
     curves = pd.DataFrame({"row": ["T5-Base / spam"] * 4 + ["Switch-Base / spam"] * 2 + ["T5-Base"] * 2,
                            "seed": [0, 0, 1, 1, 0, 0, 0, 0], "step": [2, 4, 2, 4, 2, 4, 2, 4],
@@ -354,6 +358,6 @@ def test_fine_tuning_and_distillation_figures(tmp_path):
     df = _results(rows)
     df.loc[df["row"] == "Switch 8e", "params"] = 400
     df.loc[df["row"] == "Distilled from 8e", "teacher_row"] = "Switch 8e"
-    paths = figures.gain_vs_compression(C.summarize(df), tmp_path)
+    paths = table7.gain_vs_compression(stats.summarize(df), tmp_path)
     assert sorted(p.name for p in paths) == ["table7_gain_vs_compression.png", "table7_gain_vs_compression.svg"]
-    assert figures.gain_vs_compression(C.summarize(_results({"T5-Base": [-1.6]})), tmp_path) == []
+    assert table7.gain_vs_compression(stats.summarize(_results({"T5-Base": [-1.6]})), tmp_path) == []

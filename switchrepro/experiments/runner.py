@@ -76,23 +76,27 @@ def finished_twin(run: PlannedRun, logs_dir: Optional[Path] = None,
     runs, `<results>/<scale>/logs/<table>/<run>/` (so a fresh clone continues a table instead of
     retraining what is already in results/); None if there is none.
 
-    Among several twins of a root: this table's own run first; then the run whose parameters were
+    Among several twins, over both places: this table's own run first; then the run whose parameters were
     exported to `params_root` (its directory has the export's name), since the rows that start from or
-    learn from this configuration used those parameters; then a run over a copy of one; then by path."""
+    learn from this configuration used those parameters; then a run over a copy of one; then one in the
+    runs directory before a committed one; then by path."""
     roots = [run.run_dir.parent.parent] + ([Path(logs_dir)] if logs_dir is not None else [])
     table = run.run_dir.parent.name
     exported = exported_params(run, params_root)
 
-    def preference(d: Path):
+    def preference(found: Tuple[int, Path]):
+        root_index, d = found
         return (d.parent.name != table, exported is not None and d.name != exported.name,
-                (d / "reused_from.txt").exists(), str(d))
+                (d / "reused_from.txt").exists(), root_index, str(d))
 
-    for root in roots:
-        for d in sorted(root.glob(f"*/*-s{run.seed}-{run.config_hash}"), key=preference):
-            if d == run.run_dir or not d.is_dir():
-                continue
-            if run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
-                return d
+    # One ranking over both roots: this table's committed run beats another table's copy in runs/ (ranking
+    # each root alone let a twin copied into runs/ by an earlier table replace this table's own log).
+    found = [(i, d) for i, root in enumerate(roots) for d in root.glob(f"*/*-s{run.seed}-{run.config_hash}")]
+    for _, d in sorted(found, key=preference):
+        if d == run.run_dir or not d.is_dir():
+            continue
+        if run_status(dataclasses.replace(run, run_dir=d)) in ("done", "diverged"):
+            return d
     return None
 
 
