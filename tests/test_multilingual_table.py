@@ -14,7 +14,8 @@ from switchrepro.cli import main
 from switchrepro.data import MC4_TASK, UDHR_TASK, DataError, cache
 from switchrepro.data import multilingual as ml
 from switchrepro.experiments import claims as C
-from switchrepro.experiments import runner
+from switchrepro.experiments import runner, tables
+from switchrepro.experiments.tables import multilingual as ML
 from switchrepro.train import trainer
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -131,21 +132,21 @@ def _frame(gains, steps=(100, 200, 300, 400), seeds=3, dense=(-3.0, -2.5, -2.2, 
     for lang, per_seed in gains.items():
         for seed in range(seeds):
             for i, step in enumerate(steps):
-                rows.append({"table": "multilingual", "row": C.ML_DENSE, "seed": seed, "step": step, "lang": lang,
+                rows.append({"table": "multilingual", "row": ML.ML_DENSE, "seed": seed, "step": step, "lang": lang,
                              "nlp": dense[i] + 0.01 * seed})
                 ahead = per_seed[seed] if lead is None else lead[lang][i] + per_seed[seed]
-                rows.append({"table": "multilingual", "row": C.ML_SWITCH, "seed": seed, "step": step, "lang": lang,
+                rows.append({"table": "multilingual", "row": ML.ML_SWITCH, "seed": seed, "step": step, "lang": lang,
                              "nlp": dense[i] + 0.01 * seed + ahead})
     return pd.DataFrame(rows)
 
 
 def _evidence(languages):
-    summary = pd.DataFrame({"nlp_mean": [-2.0, -1.9]}, index=[C.ML_DENSE, C.ML_SWITCH])
+    summary = pd.DataFrame({"nlp_mean": [-2.0, -1.9]}, index=[ML.ML_DENSE, ML.ML_SWITCH])
     return C.Evidence(summary, languages=languages)
 
 
 def test_every_language_claim_on_literal_gains():
-    claim = C.improves_every_language("all")
+    claim = ML.improves_every_language("all")
     up = {"aa": [0.2, 0.25, 0.15], "bb": [0.1, 0.12, 0.11]}
     assert claim.evaluate(_evidence(_frame(up))).status == C.REPRODUCED
     noisy = {**up, "cc": [0.3, -0.2, 0.05]}  # positive in mean, interval across zero
@@ -155,7 +156,7 @@ def test_every_language_claim_on_literal_gains():
     v = claim.evaluate(_evidence(_frame(worse)))
     assert v.status == C.NOT_REPRODUCED and v.margin == pytest.approx(2 / 3) and "1 significantly worse" in v.detail
     # the mC4 view keeps only mC4 languages: none here
-    assert C.improves_every_language("mc4").evaluate(_evidence(_frame(up))).status == C.INCONCLUSIVE
+    assert ML.improves_every_language("mc4").evaluate(_evidence(_frame(up))).status == C.INCONCLUSIVE
 
 
 def test_speedup_claims_on_literal_curves():
@@ -165,22 +166,22 @@ def test_speedup_claims_on_literal_curves():
     lead = {"aa": [1.1, 0.5, 0.2, 0.1], "bb": [0.25, 0.6, 0.3, 0.1], "cc": [-0.5, -0.5, -0.5, -0.5]}
     gains = {lang: [0.0, 0.0, 0.0] for lang in lead}
     frame = _frame(gains, lead=lead)
-    v = C.mean_language_speedup("all").evaluate(_evidence(frame))
+    v = ML.mean_language_speedup("all").evaluate(_evidence(frame))
     # mean over the two reached: (4 + 2.125) / 2 = 3.0625; one of three never reaches it (> 10%): not "reproduced"
     assert v.margin == pytest.approx(2.0625) and "2 of 3 languages" in v.detail and v.status == C.INCONCLUSIVE
-    fast = C.fast_language_fraction("all").evaluate(_evidence(frame))
+    fast = ML.fast_language_fraction("all").evaluate(_evidence(frame))
     assert fast.margin == pytest.approx(1 / 3 - 0.91) and fast.status == C.NOT_REPRODUCED
     without_cc = frame[frame["lang"] != "cc"]
-    assert C.mean_language_speedup("all").evaluate(_evidence(without_cc)).status == C.REPRODUCED
+    assert ML.mean_language_speedup("all").evaluate(_evidence(without_cc)).status == C.REPRODUCED
 
 
 def test_multilingual_control_gates_the_other_verdicts():
     results = pd.DataFrame([{"table": "multilingual", "row": r, "seed": s, "final_nlp": v + 0.001 * s,
                              "diverged_at": math.nan, "examples_per_sec": 1.0, "wall_seconds": 1.0, "steps": 4}
-                            for r, v in ((C.ML_DENSE, -2.0), (C.ML_LARGE, -2.5), (C.ML_SWITCH, -1.9))
+                            for r, v in ((ML.ML_DENSE, -2.0), (ML.ML_LARGE, -2.5), (ML.ML_SWITCH, -1.9))
                             for s in range(3)])
-    verdicts = {v.claim_id: v for v in C.evaluate_claims("multilingual", results, None,
-                                                         languages=_frame({"aa": [0.2, 0.25, 0.15]}))}
+    verdicts = {v.claim_id: v for v in tables.get("multilingual").evaluate(results, None,
+                                                                  languages=_frame({"aa": [0.2, 0.25, 0.15]}))}
     assert verdicts["ml-control-larger-dense"].status == C.NOT_REPRODUCED
     assert verdicts["ml-switch-beats-dense"].status == C.REGIME_INVALID
     assert "as judged alone: reproduced" in verdicts["ml-improves-every-language-all"].detail

@@ -8,9 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from switchrepro.bench.attention import attention_verdict
+from switchrepro.bench.timing import median_interval
+from switchrepro.cli import main
 from switchrepro.config import ModelConfig
-from switchrepro.model import t5
+from switchrepro.model import build, t5
 from switchrepro.model.selective import BLOCK, exclusive_cumsum, segment_starts, selection_penalty
 
 
@@ -61,7 +65,7 @@ def _reference(head_logits, segments):
 def _mask(segments):
     seg = jnp.asarray(segments)
     n = seg.shape[1]
-    return t5._segment_mask(seg, seg)[:, 0] & jnp.tril(jnp.ones((n, n), bool))[None]
+    return t5.segment_mask(seg, seg)[:, 0] & jnp.tril(jnp.ones((n, n), bool))[None]
 
 
 def test_penalty_matches_the_loop_reference_with_packing_and_padding():
@@ -131,7 +135,7 @@ def _model_and_batch(attention):
              "decoder_input_tokens": jnp.asarray(rng.integers(2, 64, (2, 9)), jnp.int32),
              "decoder_target_tokens": jnp.asarray(rng.integers(2, 64, (2, 9)), jnp.int32),
              "decoder_segment_ids": jnp.asarray([[1] * 9, [1, 1, 1, 1, 2, 2, 2, 2, 0]], jnp.int32)}
-    model, params = t5.init_params(cfg, jax.random.PRNGKey(0))
+    model, params = build.init_params(cfg, jax.random.PRNGKey(0))
     return model, params, batch
 
 
@@ -173,10 +177,6 @@ def test_selective_attention_trains_and_gradients_reach_the_selecting_head():
 
 
 def test_bench_attention_times_both_models_at_each_length(tmp_path):
-    from click.testing import CliRunner
-
-    from switchrepro.cli import main
-
     out = CliRunner().invoke(main, ["bench", "attention", "--lengths", "16,32", "--batch-size", "2", "--pairs", "3",
                                     "--warmup", "0", "--output", str(tmp_path / "a.md")])
     assert out.exit_code == 0, out.output
@@ -188,8 +188,6 @@ def test_bench_attention_times_both_models_at_each_length(tmp_path):
 
 
 def test_median_interval_and_verdict_on_literal_ratios():
-    from switchrepro.bench import attention_verdict, median_interval
-
     # n = 100: ranks 50 -+ 1.96 * 10 / 2 = 40.2 .. 59.8 -> sorted positions 40 and 60
     ratios = [1.0 + i / 1000 for i in range(100)]
     median, low, high = median_interval(list(reversed(ratios)))

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from switchrepro.cli import main
 from switchrepro.config import DataConfig, ExperimentConfig, ModelConfig
-from switchrepro.experiments import claims as C
 from switchrepro.config.tables import PruningSpec
-from switchrepro.model.t5 import init_params
+from switchrepro.experiments import claims as C
+from switchrepro.experiments.tables import selective_attention as SA
+from switchrepro.model.build import init_params
 from switchrepro.train import pruning_eval
 from switchrepro.train.trainer import token_cross_entropy
 
@@ -92,7 +93,7 @@ def test_memory_ratio_is_the_context_over_the_smallest_budget_that_reaches_the_s
                                        16: {2: -1.950, 4: -1.905, 8: -1.90, 16: -1.9}},
                  ("Selective H2", 1): {8: {2: -2.03, 4: -2.005, 8: -2.00},
                                        16: {2: -2.000, 4: -1.950, 8: -1.90, 16: -1.9}}}
-    ratios = C.memory_ratios(_pruning({**STANDARD, **selective}))
+    ratios = SA.memory_ratios(_pruning({**STANDARD, **selective}))
     at8, at16 = ratios.iloc[0], ratios.iloc[1]
     assert (at8.context, at8.target) == (8, pytest.approx(-2.01))
     assert at8.budget == 4 and at8.ratio == 2.0  # mean curve -2.04 at 2, -2.0025 at 4 (>= -2.01)
@@ -103,7 +104,7 @@ def test_memory_ratio_is_the_context_over_the_smallest_budget_that_reaches_the_s
 
 def test_memory_ratio_of_a_selective_model_that_never_reaches_is_nan():
     selective = {("Selective H2", s): {8: {2: -3.0, 4: -3.0, 8: -2.5}} for s in (0, 1)}
-    ratios = C.memory_ratios(_pruning({**STANDARD, **selective}))
+    ratios = SA.memory_ratios(_pruning({**STANDARD, **selective}))
     assert math.isnan(ratios.iloc[0].ratio) and all(math.isnan(x) for x in ratios.iloc[0].seed_ratios)
 
 
@@ -114,9 +115,9 @@ def _judge(claim, curves):
 
 
 def test_memory_claims_on_literal_curves():
-    longest = C.memory_smaller("Selective H2", "Standard H2", "longest", "x", "x")
-    shortest = C.memory_smaller("Selective H2", "Standard H2", "shortest", "x", "x")
-    grows = C.memory_ratio_grows("Selective H2", "Standard H2", "x", "x")
+    longest = SA.memory_smaller("Selective H2", "Standard H2", "longest", "x", "x")
+    shortest = SA.memory_smaller("Selective H2", "Standard H2", "shortest", "x", "x")
+    grows = SA.memory_ratio_grows("Selective H2", "Standard H2", "x", "x")
     good = {("Selective H2", s): {8: {2: -2.2, 4: -2.0, 8: -1.99}, 16: {2: -1.9, 4: -1.9, 8: -1.9, 16: -1.9}}
             for s in (0, 1)}
     assert _judge(longest, {**STANDARD, **good}).status == C.REPRODUCED  # 8x at 16 for both seeds
@@ -132,13 +133,13 @@ def test_memory_claims_on_literal_curves():
 
 
 def test_selective_memory_must_beat_the_standard_model_as_a_sliding_window():
-    claim = C.memory_beats_window("Selective H2", "Standard H2", "x", "x")
+    claim = SA.memory_beats_window("Selective H2", "Standard H2", "x", "x")
     good = {("Selective H2", s): {16: {2: -1.9, 4: -1.9, 8: -1.9, 16: -1.9}} for s in (0, 1)}  # 8x per seed
-    assert C.memory_ratios(_pruning({**STANDARD, **good})).iloc[-1].window_ratio == 1.0  # the window needs all 16
+    assert SA.memory_ratios(_pruning({**STANDARD, **good})).iloc[-1].window_ratio == 1.0  # the window needs all 16
     assert _judge(claim, {**STANDARD, **good}).status == C.REPRODUCED
     # a standard model that uses little context: as a window of 4 keys it already reaches its unpruned NLP
     local = {key: {16: {2: -2.0, 4: -1.905, 8: -1.905, 16: curve[16][16]}} for key, curve in STANDARD.items()}
-    assert C.memory_ratios(_pruning({**local, **good})).iloc[-1].window_ratio == 4.0
+    assert SA.memory_ratios(_pruning({**local, **good})).iloc[-1].window_ratio == 4.0
     assert _judge(claim, {**local, **good}).status == C.REPRODUCED  # 8x > 4x
     same = {("Selective H2", s): {16: {2: -2.0, 4: -1.9, 8: -1.9, 16: -1.9}} for s in (0, 1)}  # 4x per seed
     assert _judge(claim, {**local, **same}).status == C.NOT_REPRODUCED
@@ -151,7 +152,7 @@ def _summary(rows):
 
 
 def test_selective_h_at_least_standard_2h_needs_the_doubling_to_pay():
-    claim = C.at_least("Selective H1", "Standard H2", "Standard H1", "x", "x")
+    claim = SA.at_least("Selective H1", "Standard H2", "Standard H1", "x", "x")
     judged = lambda rows: claim.check(C.Evidence(_summary(rows)))  # noqa: E731
     pays = {"Standard H1": (-2.10, 0.01), "Standard H2": (-2.00, 0.01)}
     assert judged({**pays, "Selective H1": (-2.01, 0.01)}).status == C.REPRODUCED  # within 2 x spread
