@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint bench smoke reproduce table1 table2 table3 table11 scaling table4 table5 table6 table7 table8 multilingual selective_attention clean
+.PHONY: install test lint bench smoke reproduce clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,7 +37,11 @@ lint:
 bench:
 	$(BIN)/switchrepro bench moe
 
-TABLES := table1 table2 table3 table11 scaling table6 table7 table4 table5 table8 multilingual selective_attention
+# The tables, in run order, from the registry (switchrepro/experiments/tables/__init__.py); empty before
+# `make install`.
+TABLES := $(shell test -x $(BIN)/python && $(BIN)/python -c \
+	'from switchrepro.experiments.tables import NAMES; print(*NAMES)' 2>/dev/null)
+.PHONY: $(TABLES)
 
 # Every table at smoke scale (seconds per row): the whole run -> collect -> plot -> report path.
 smoke:
