@@ -45,7 +45,7 @@ def _check(cond: bool, msg: str) -> None:
 class MoeConfig:
     """A sparse feed-forward layer: router, capacity, losses and dispatch.
 
-    Loss conventions (documented choice, see README "Semantics"):
+    Loss conventions (documented choice, see docs/semantics.md):
       * load-balancing loss = aux_loss_coef * N * sum_i f_i P_i per layer, with
         f_i taken from router assignments *before* capacity dropping; the
         per-layer losses are SUMMED over sparse layers (mesh-tensorflow, the

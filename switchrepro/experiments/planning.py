@@ -25,7 +25,7 @@ from switchrepro.train.metrics_log import read_metrics
 from switchrepro.train.trainer import flops_per_token
 
 # Forward GFLOP/s a whole tiny model sustained in training on the 2-core CPU VM (76.6 examples/s x
-# 236 MFLOPs/example, README first run); used only for --dry-run time estimates.
+# 236 MFLOPs/example, measured once on a tiny model); used only for --dry-run time estimates.
 CPU_FORWARD_GFLOPS = 18.0
 
 # (gin files, bindings) -> (config, operative gin text); switchrepro.config.gin.parse_config. A row that starts

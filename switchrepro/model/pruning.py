@@ -3,7 +3,7 @@ a key/value cache that holds at most `budget` positions per layer.
 
 Selective attention's penalty F[i, j] (model/selective.py) says how strongly the queries before i have masked
 key j; a key with a large F gets little attention from every later query, so it can leave the cache. The
-paper's exact rule is not public (shared/reference/switch_paper.md, section 7). The rule implemented here:
+paper's exact rule is not public. The rule implemented here:
 
     when a new key arrives and a layer's cache is full, that layer evicts one cached key:
       - first a key of an earlier packed segment (it is masked anyway),

@@ -1,4 +1,4 @@
-"""Expert and data parallelism on a JAX device mesh (paper section 5; design.md "Scale-out").
+"""Expert and data parallelism on a JAX device mesh (paper section 5; docs/scale-out.md).
 
 The mesh has two axes, ('data', 'expert'). A batch is split over all D = data x expert devices
 (T5X's P(('data', 'expert'))); each device's tokens form its own routing groups, as in the paper.

@@ -4,7 +4,7 @@ Everything here is a pure function of arrays (plus an explicit PRNG key, or None
 evaluation path), so routers can be tested on hand-written logits. A router returns a frozen `Routing`;
 the dispatch backends (`dispatch.py`) only read that.
 
-Semantics shared by every router (see README "Semantics" and reference/switch_paper.md section 5):
+Semantics shared by every router (see docs/semantics.md, and section 2.1 of the paper):
 
 * Routing works on groups: `<float32>[groups, tokens_per_group, num_experts]` logits. Capacity, priority
   and the load-balancing loss are all per group.
