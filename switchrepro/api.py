@@ -510,6 +510,9 @@ def run_table(name: str, scale: str = "mini", *, seeds: Optional[int] = None,
             "rows": list(dict.fromkeys(res["row"])) if len(res) else [],
             "this_invocation_seconds": round(time.time() - t0, 1),
             "train_seconds_total": float(res["wall_seconds"].sum()) if len(res) else 0.0}
+    if collect_only:  # nothing was trained: the saved record of the command that trained the table stays
+        kept = store.load_meta(results_dir, scale, name)
+        meta.update({k: kept[k] for k in ("command", "this_invocation_seconds") if k in kept})
     with user_errors():
         speed = store.load_speed(results_dir, scale, name)
     if speed is not None and len(res):

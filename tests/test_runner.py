@@ -218,12 +218,15 @@ def test_collect_only_trains_nothing_and_collects_what_has_finished(tmp_path, ca
     runner.save_speed(d["results"], "smoke", "scaling", pd.DataFrame(
         {"row": ["T5-Base", "T5-Base"], "round": [0, 1], "sec_per_step": [0.5, 0.25], "batch_size": [8, 8]}),
         {"command": "switchrepro bench table scaling --save", "date": "today"})
+    before = json.loads((d["results"] / "smoke" / "scaling_meta.json").read_text())
     _run(d, "scaling", "--rows", "T5-Base", "--collect-only")
     df = pd.read_csv(d["results"] / "smoke" / "scaling.csv")
     assert df["examples_per_sec"].tolist() == [16.0] and df["wall_seconds"].tolist() == [2.0]  # seed 0: round 0
     assert df["speed_source"].tolist() == ["bench table"]
     meta = json.loads((d["results"] / "smoke" / "scaling_meta.json").read_text())
     assert "switchrepro bench table scaling --save" in meta["speed"]
+    # a collection that trains nothing keeps the saved table's record of the command that made it
+    assert (meta["command"], meta["this_invocation_seconds"]) == (before["command"], before["this_invocation_seconds"])
 
 
 def test_interrupted_row_resumes_to_the_uninterrupted_result(dirs, tmp_path):

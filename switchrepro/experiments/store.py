@@ -8,6 +8,7 @@ rename each whole file into place, so a reader or a second process never sees ha
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -47,8 +48,9 @@ def save(spec: TableSpec, scale: str, runs: Sequence[PlannedRun], results: pd.Da
         write_atomic(out / f"{spec.name}_meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
         if languages is not None and len(languages):
             tmp = out / f".{spec.name}_languages.csv.gz.{os.getpid()}.tmp"
-            # mtime=0: the same frame gives the same bytes (a committed file changes only when its numbers do)
-            languages.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+            # mtime 0 and no file name in the gzip header (pandas wrote the temporary name, with its pid): the
+            # same frame gives the same bytes, so a committed file changes only when its numbers do
+            tmp.write_bytes(gzip.compress(languages.to_csv(index=False).encode(), mtime=0))
             os.replace(tmp, out / f"{spec.name}_languages.csv.gz")
         if pruning is not None and len(pruning):
             write_atomic(out / f"{spec.name}_pruning.csv", pruning.to_csv(index=False))
@@ -188,6 +190,12 @@ def load_saved(results_dir: Path, scale: str, table: str):
     loads = read(f"{table}_loads.json", lambda p: json.loads(p.read_text()), {})
     meta = read(f"{table}_meta.json", lambda p: json.loads(p.read_text()), {})
     return results, curves, loads, meta
+
+
+def load_meta(results_dir: Path, scale: str, table: str) -> dict:
+    """The saved table's meta ({} when the table has not been saved)."""
+    saved = load_saved(results_dir, scale, table)
+    return saved[3] if saved is not None else {}
 
 
 
