@@ -1,13 +1,17 @@
-"""What the restructuring of issue 44 must not change: the CLI's commands and flags, and the gin file names.
+"""What the restructuring of issue 44 must not change: the CLI's commands and flags, the gin file names, and
+the config hash of every committed run (a fresh clone reuses the committed logs only while their hashes hold).
 
 The literals below were read off the CLI and gin/ at d0d069e (before the restructuring). A command or flag
 may be added (listed in ADDED); none may disappear or be renamed.
 """
 
+from pathlib import Path
+
 import click
 
-from switchrepro import resources
+from switchrepro import api, resources
 from switchrepro.cli import main
+from switchrepro.config.store import config_hash
 
 COMMANDS_AT_D0D069E = {
     "bench attention": ["--batch-size", "--lengths", "--output", "--pairs", "--warmup"],
@@ -71,3 +75,14 @@ def test_gin_file_names():
     gin = resources.gin_dir()
     assert sorted(p.stem for p in (gin / "models").glob("*.gin")) == GIN_MODELS
     assert sorted(p.stem for p in (gin / "tables").glob("*.gin")) == GIN_TABLES
+
+
+def test_every_committed_run_keeps_its_config_hash():
+    # Each committed log's operative gin config rebuilds the configuration it trained; its hash is the suffix
+    # of the run's directory name, which is how a fresh clone finds the log instead of retraining it.
+    repo = Path(__file__).resolve().parents[1]
+    saved = sorted((repo / "results").glob("*/logs/**/config.gin"))
+    assert len(saved) >= 300
+    hashes = [(p.parent, config_hash(api.parse_config([str(p)])[0])) for p in saved]
+    wrong = [str(run_dir) for run_dir, h in hashes if not run_dir.name.endswith("-" + h)]
+    assert wrong == []
