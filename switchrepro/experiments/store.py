@@ -166,37 +166,35 @@ def load_pruning(results_dir: Path, scale: str, table: str) -> Optional[pd.DataF
     return frame
 
 
+def _read_saved(path: Path, parse, empty, table: str):
+    """parse(path), `empty` for a missing or empty file, a damaged one as a one-line ResultsError."""
+    if not path.exists() or path.stat().st_size <= 1:
+        return empty
+    try:
+        return parse(path)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
+                           f"`switchrepro run {table}` to rewrite it from the runs") from None
+
+
 def load_saved(results_dir: Path, scale: str, table: str):
     """(results, curves, loads, meta) as `save` wrote them, or None if the table has not been run."""
     out = Path(results_dir) / scale
     if not (out / f"{table}.csv").exists():
         return None
-
-    def read(name, parse, empty):
-        path = out / name
-        if not path.exists() or path.stat().st_size <= 1:
-            return empty
-        try:
-            return parse(path)
-        except (ValueError, pd.errors.ParserError) as e:
-            raise ResultsError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}); rerun "
-                               f"`switchrepro run {table}` to rewrite it from the runs") from None
-
-    results = read(f"{table}.csv", pd.read_csv, None)
+    results = _read_saved(out / f"{table}.csv", pd.read_csv, None, table)
     if results is None or "row" not in results.columns:
         raise ResultsError(f"{out / f'{table}.csv'} is damaged (no 'row' column); rerun `switchrepro run {table}` "
                            "to rewrite it from the runs")
-    curves = read(f"{table}_curves.csv", pd.read_csv, pd.DataFrame())
-    loads = read(f"{table}_loads.json", lambda p: json.loads(p.read_text()), {})
-    meta = read(f"{table}_meta.json", lambda p: json.loads(p.read_text()), {})
-    return results, curves, loads, meta
+    curves = _read_saved(out / f"{table}_curves.csv", pd.read_csv, pd.DataFrame(), table)
+    loads = _read_saved(out / f"{table}_loads.json", lambda p: json.loads(p.read_text()), {}, table)
+    return results, curves, loads, load_meta(results_dir, scale, table)
 
 
 def load_meta(results_dir: Path, scale: str, table: str) -> dict:
-    """The saved table's meta ({} when the table has not been saved)."""
-    saved = load_saved(results_dir, scale, table)
-    return saved[3] if saved is not None else {}
-
+    """The saved table's meta ({} when the table has not been saved); reads only the meta file."""
+    return _read_saved(Path(results_dir) / scale / f"{table}_meta.json", lambda p: json.loads(p.read_text()), {},
+                       table)
 
 
 def has_results(results_dir: Path, scale: str, table: str) -> bool:
